@@ -1,0 +1,185 @@
+"""ParaModel: the PEFT tuner that attaches PARA to a transformers causal LM.
+
+Each decoder layer gets a ``ParaLayer`` child named ``para``. A forward pre-hook on the wrapped model decides,
+per call, whether this forward is a prefill (compute the vectors from the prompt) or a decode step (reuse
+the vectors computed at prefill):
+
+* inside ``generate``: the first forward is the prefill, every later one is a decode step, with or without
+  a cache (so ``use_cache=False`` and beam search behave the same as cached greedy decoding);
+* a plain forward: decode when it is given a non-empty ``past_key_values``, prefill otherwise.
+
+At prefill the prompt is ``para_prompt_mask`` (B x T, True on prompt tokens) when given, else every
+non-padding token of the input.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .arch import _model_config, decoder_layers, resolve_sites
+from .config import ParaConfig
+from .layer import BASE_ROW, ForwardState, ParaLayer
+
+PROMPT_MASK_KWARG = "para_prompt_mask"
+
+
+class ParaModel(BaseTuner):
+    prefix = "para_"
+    tuner_layer_cls = ParaLayer
+    target_module_mapping: dict = {}
+
+    # ----- injection --------------------------------------------------------------------------------------
+    def _pre_injection_hook(self, model: nn.Module, config: ParaConfig, adapter_name: str) -> None:
+        if "_para_state" not in self.__dict__:
+            self._para_state = ForwardState()
+            self._generate_step: int | None = None
+            self._generate_prompt_mask: torch.Tensor | None = None
+            self._model_hook = model.register_forward_pre_hook(self._before_model, with_kwargs=True)
+
+    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False,
+                       state_dict=None) -> None:
+        """Attach a generator for ``adapter_name`` to every transformed decoder layer (PEFT's module matching
+        by name does not fit a per-layer method, so this replaces BaseTuner's generic injection)."""
+        config: ParaConfig = self.peft_config[adapter_name]
+        if not isinstance(config, ParaConfig):
+            raise TypeError(f"ParaModel needs a ParaConfig, got {type(config).__name__}")
+        self._check_new_adapter_config(config)
+        layers_path, layers = decoder_layers(model)
+        n_layers = len(layers)
+        indices = config.layers_to_transform or list(range(n_layers))
+        if max(indices) >= n_layers:
+            raise ValueError(
+                f"ParaConfig.layers_to_transform={config.layers_to_transform} but the model has {n_layers} layers"
+            )
+        hidden_size = _model_config(model).hidden_size
+        plans = [(i, layers[i], resolve_sites(model, layers[i], config.targets)) for i in indices]  # may raise
+        for index, layer, sites in plans:
+            para = getattr(layer, "para", None)
+            if para is None:
+                para = ParaLayer(layer, index, hidden_size, self._para_state)
+                para._active_adapter = list(self.active_adapters)
+                layer.add_module("para", para)
+            para.update_layer(adapter_name, config, sites)
+            name = f"{layers_path}.{index}.para"
+            if name not in self.targeted_module_names:
+                self.targeted_module_names.append(name)
+        self._mark_only_adapters_as_trainable(model)
+        if config.inference_mode:
+            for para in self._para_layers():
+                if adapter_name in para.generators:
+                    para.generators[adapter_name].requires_grad_(False)
+
+    def _create_and_replace(self, *args, **kwargs):  # required by BaseTuner; PARA injects per layer instead
+        raise NotImplementedError("ParaModel injects per decoder layer; see ParaModel.inject_adapter")
+
+    def _para_layers(self) -> list[ParaLayer]:
+        return [m for m in self.model.modules() if isinstance(m, ParaLayer)]
+
+    # ----- per-call control -------------------------------------------------------------------------------
+    def _before_model(self, module, args, kwargs):
+        """Runs before every forward of the wrapped model: pop our kwarg and set the mode for all layers."""
+        prompt_mask = kwargs.pop(PROMPT_MASK_KWARG, None)
+        state = self._para_state
+        if self._generate_step is not None:
+            decoding = self._generate_step > 0
+            self._generate_step += 1
+            prompt_mask = self._generate_prompt_mask if prompt_mask is None else prompt_mask
+        else:
+            cache = kwargs.get("past_key_values")
+            decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        if decoding:
+            state.mode = "reuse"
+            return args, kwargs
+        state.mode = "compute"
+        state.pool_mask = self._pool_mask(args, kwargs, prompt_mask)
+        if state.adapter_names is not None:
+            state.adapter_names = _expand_rows(state.adapter_names, state.pool_mask.shape[0], "adapter_names")
+        return args, kwargs
+
+    @staticmethod
+    def _pool_mask(args, kwargs, prompt_mask):
+        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs["inputs_embeds"]
+        batch, length = inputs.shape[:2]
+        attention_mask = kwargs.get("attention_mask")
+        mask = torch.ones(batch, length, dtype=torch.bool, device=inputs.device)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            mask = attention_mask[:, -length:].to(torch.bool)
+        if prompt_mask is not None:
+            prompt_mask = torch.as_tensor(prompt_mask, device=inputs.device).to(torch.bool)
+            prompt_mask = _expand_rows(prompt_mask, batch, PROMPT_MASK_KWARG)
+            if prompt_mask.shape[1] < length:  # a prompt mask from generate covers only the prompt
+                pad = torch.zeros(batch, length - prompt_mask.shape[1], dtype=torch.bool, device=inputs.device)
+                prompt_mask = torch.cat([prompt_mask, pad], dim=1)
+            if prompt_mask.shape != (batch, length):
+                raise ValueError(
+                    f"{PROMPT_MASK_KWARG} must have shape (batch, seq_len) = {(batch, length)}, "
+                    f"got {tuple(prompt_mask.shape)}"
+                )
+            mask = mask & prompt_mask
+        return mask
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """Called by PeftModel around forward/generate: routes ``adapter_names`` (one per row) to the layers."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        adapter_names = list(adapter_names)
+        unknown = sorted({n for n in adapter_names if n != BASE_ROW and n not in self.peft_config})
+        if unknown:
+            raise ValueError(
+                f"unknown adapter name(s) {unknown} in adapter_names; known: {sorted(self.peft_config)} "
+                f"and {BASE_ROW!r} for base-model rows"
+            )
+        previous = self._para_state.adapter_names
+        self._para_state.adapter_names = adapter_names
+        try:
+            yield
+        finally:
+            self._para_state.adapter_names = previous
+
+    def generate(self, *args, **kwargs):
+        """``generate`` of the wrapped model, with PARA's prefill-once semantics (see the module docstring)."""
+        prompt_mask = kwargs.pop(PROMPT_MASK_KWARG, None)
+        if self._generate_step is not None:
+            raise RuntimeError("ParaModel.generate is not re-entrant")
+        self._generate_step, self._generate_prompt_mask = 0, prompt_mask
+        try:
+            return self.model.generate(*args, **kwargs)
+        finally:
+            self._generate_step, self._generate_prompt_mask = None, None
+
+    # ----- PEFT API that does not apply to PARA ---------------------------------------------------------
+    def _check_merge_allowed(self):
+        raise ValueError(
+            "PARA adapters cannot be merged into the base weights: their vectors depend on each prompt"
+        )
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge:
+            self._check_merge_allowed()
+        for para in self._para_layers():
+            para.remove_hooks()
+            parent = para._decoder_layer[0]
+            del parent._modules["para"]
+        self._model_hook.remove()
+        return self.model
+
+
+def _expand_rows(rows, batch: int, what: str):
+    """Repeat per-row values for num_beams / num_return_sequences (generate interleaves the copies)."""
+    if len(rows) == batch:
+        return rows
+    if batch % len(rows) != 0:
+        raise ValueError(f"{what} has {len(rows)} rows but the batch has {batch}")
+    repeats = batch // len(rows)
+    if isinstance(rows, torch.Tensor):
+        return rows.repeat_interleave(repeats, dim=0)
+    return [name for name in rows for _ in range(repeats)]
