@@ -14,7 +14,9 @@ non-padding token of the input.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -84,6 +86,8 @@ class ParaModel(BaseTuner):
         """Runs before every forward of the wrapped model: pop our kwarg and set the mode for all layers."""
         prompt_mask = kwargs.pop(PROMPT_MASK_KWARG, None)
         state = self._para_state
+        if module.training:
+            self._avoid_reentrant_checkpointing()
         if self._generate_step is not None:
             decoding = self._generate_step > 0
             self._generate_step += 1
@@ -99,6 +103,22 @@ class ParaModel(BaseTuner):
         if state.adapter_names is not None:
             state.adapter_names = _expand_rows(state.adapter_names, state.pool_mask.shape[0], "adapter_names")
         return args, kwargs
+
+    def _avoid_reentrant_checkpointing(self) -> None:
+        """transformers checkpoints a decoder layer's ``forward`` but runs its hooks outside the checkpoint, so
+        the generator (a hook) depends on the previous layer's output from outside the checkpointed function.
+        Reentrant checkpointing cannot backpropagate through such a dependency; non-reentrant (transformers'
+        default) can, so a reentrant choice is switched, once, with a warning."""
+        for para in self._para_layers():
+            layer = para._decoder_layer[0]
+            func = getattr(layer, "_gradient_checkpointing_func", None)
+            if getattr(layer, "gradient_checkpointing", False) and isinstance(func, partial) and \
+                    func.keywords.get("use_reentrant") is True:
+                layer._gradient_checkpointing_func = partial(func.func, *func.args,
+                                                             **{**func.keywords, "use_reentrant": False})
+                if not getattr(self, "_warned_reentrant", False):
+                    warnings.warn("PARA needs non-reentrant gradient checkpointing; switched use_reentrant to False")
+                    self._warned_reentrant = True
 
     @staticmethod
     def _pool_mask(args, kwargs, prompt_mask):
@@ -155,6 +175,12 @@ class ParaModel(BaseTuner):
             return self.model.generate(*args, **kwargs)
         finally:
             self._generate_step, self._generate_prompt_mask = None, None
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Checkpoint keys carry no adapter name: ``...para.generators.<name>.down.weight`` is saved as
+        ``...para.generators.down.weight`` (PEFT's default only strips a name right before the leaf)."""
+        return key.replace(f".generators.{adapter_name}.", ".generators.")
 
     # ----- PEFT API that does not apply to PARA ---------------------------------------------------------
     def _check_merge_allowed(self):
