@@ -64,9 +64,9 @@ def test_cached_greedy_equals_full_recompute_with_prompt_mask(arch):
     torch.testing.assert_close(generated_logits, logits[:, 6:-1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_generation_without_cache_equals_cached(arch):
-    peft_model = wrapped(arch)
+@pytest.mark.parametrize("arch, task_type", [("llama", None), ("llama", "CAUSAL_LM"), ("qwen2", None), ("gpt2", None)])
+def test_generation_without_cache_equals_cached(arch, task_type):
+    peft_model = wrapped(arch, task_type=task_type)
     prompt = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
     cached = peft_model.generate(input_ids=prompt, max_new_tokens=20, do_sample=False)
     uncached = peft_model.generate(input_ids=prompt, max_new_tokens=20, do_sample=False, use_cache=False)

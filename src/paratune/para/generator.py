@@ -33,7 +33,8 @@ def pool_prompt(
 
 
 class VectorGenerator(nn.Module):
-    """Maps a prompt's hidden states entering one layer to the deltas of that layer's scaling vectors.
+    """Maps a prompt's hidden states entering one layer to the deltas of that layer's scaling vectors:
+    RMS-normalise each token, pool over the prompt, dropout, down (d -> r), activation, up (r -> widths).
 
     The scaling vectors are ``1 + forward(...)``; ``up`` starts at zero so a new adapter is the identity.
     The output of width sum(widths) is laid out in the order of ``widths`` (the canonical target order).
@@ -61,6 +62,10 @@ class VectorGenerator(nn.Module):
         if not bool(mask.any(dim=1).all()):
             raise ValueError("every row needs at least one prompt token to pool over (a row's prompt mask is empty)")
         hidden = hidden.to(self.down.weight.dtype)
+        # Per-token RMS normalisation (no parameters): residual streams of real models carry "massive
+        # activations" (SmolLM2-135M: single tokens reach norm 24,000, pooled norms range 1 to 2,000 across
+        # layers), which made the generator diverge within a few steps when fed raw.
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
         pooled = pool_prompt(hidden, mask, self.pooling, self.attention_query)
         out = self.up(self.activation(self.down(self.dropout(pooled))))
         return dict(zip(self.widths, out.split(list(self.widths.values()), dim=-1)))

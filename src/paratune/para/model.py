@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from functools import partial
+from functools import partial, wraps
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -41,6 +41,7 @@ class ParaModel(BaseTuner):
             self._generate_step: int | None = None
             self._generate_prompt_mask: torch.Tensor | None = None
             self._model_hook = model.register_forward_pre_hook(self._before_model, with_kwargs=True)
+            self._wrap_generate(model)
 
     def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False,
                        state_dict=None) -> None:
@@ -165,16 +166,23 @@ class ParaModel(BaseTuner):
         finally:
             self._para_state.adapter_names = previous
 
-    def generate(self, *args, **kwargs):
-        """``generate`` of the wrapped model, with PARA's prefill-once semantics (see the module docstring)."""
-        prompt_mask = kwargs.pop(PROMPT_MASK_KWARG, None)
-        if self._generate_step is not None:
-            raise RuntimeError("ParaModel.generate is not re-entrant")
-        self._generate_step, self._generate_prompt_mask = 0, prompt_mask
-        try:
-            return self.model.generate(*args, **kwargs)
-        finally:
-            self._generate_step, self._generate_prompt_mask = None, None
+    def _wrap_generate(self, model: nn.Module) -> None:
+        """Wrap the model instance's ``generate`` so its first forward is the prefill and later ones are decode
+        steps (PEFT's generic PeftModel calls the transformers model's ``generate`` directly, so the wrapper
+        must sit on the model itself). ``para_prompt_mask`` may be passed to ``generate`` for the prompt."""
+        original = model.generate
+
+        @wraps(original)
+        def generate(*args, **kwargs):
+            if self._generate_step is not None:
+                raise RuntimeError("generate of a PARA model is not re-entrant")
+            self._generate_step, self._generate_prompt_mask = 0, kwargs.pop(PROMPT_MASK_KWARG, None)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._generate_step, self._generate_prompt_mask = None, None
+
+        model.generate = generate
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -196,6 +204,7 @@ class ParaModel(BaseTuner):
             parent = para._decoder_layer[0]
             del parent._modules["para"]
         self._model_hook.remove()
+        self.model.__dict__.pop("generate", None)  # back to the class's generate
         return self.model
 
 
