@@ -3,7 +3,7 @@
 It holds one ``VectorGenerator`` per adapter (a ``ModuleDict`` keyed by adapter name, as PEFT tuners do),
 computes per-row scaling vectors from the prompt when the model runs a prefill, and multiplies the targeted
 projection outputs (or the down-projection input) by them through forward hooks on those projections.
-The projections themselves are not replaced, so the base model's weights keep their names.
+The projections themselves are not replaced (see ``scaling.SiteScaler``), so base weights keep their names.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .arch import Site, module_features
+from .arch import Site
 from .config import ParaConfig
 from .generator import VectorGenerator
+from .scaling import SiteScaler, module_scales
 
 BASE_ROW = "__base__"  # adapter name of rows that run the base model in a mixed batch (PEFT's convention)
 
@@ -51,8 +52,7 @@ class ParaLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         # Plain dicts (not ModuleDicts): the decoder layer owns these modules; we only hook them.
         self._decoder_layer = [decoder_layer]
-        self._hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
-        self._site_scales: dict[str, torch.Tensor] | None = None  # module path -> (B, 1, features)
+        self.scaler = SiteScaler(decoder_layer, enabled=lambda: not self.disable_adapters and state.mode != "off")
         self._layer_hook = decoder_layer.register_forward_pre_hook(self._before_decoder_layer, with_kwargs=True)
 
     # ----- adapters -------------------------------------------------------------------------------------
@@ -67,47 +67,16 @@ class ParaLayer(nn.Module, BaseTunerLayer):
         self.configs[adapter_name] = config
         self.sites[adapter_name] = dict(sites)
         for site in sites.values():
-            self._hook_site(site)
+            self.scaler.hook(site)
         self.set_adapter(self.active_adapters)
 
     def delete_adapter(self, adapter_name: str) -> None:
         self.sites.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
 
-    def _hook_site(self, site: Site) -> None:
-        if site.module in self._hooks:
-            return
-        module = self._decoder_layer[0].get_submodule(site.module)
-        if site.side == "output":
-            self._hooks[site.module] = module.register_forward_hook(self._scale_output_hook(site.module))
-        else:
-            self._hooks[site.module] = module.register_forward_pre_hook(self._scale_input_hook(site.module))
-
     def remove_hooks(self) -> None:
-        for handle in self._hooks.values():
-            handle.remove()
-        self._hooks.clear()
+        self.scaler.remove()
         self._layer_hook.remove()
-
-    # ----- the two hooks on projections ------------------------------------------------------------------
-    def _scale_output_hook(self, path: str):
-        def hook(module, args, output):
-            scale = self._scale_for(path)
-            return output if scale is None else output * scale
-
-        return hook
-
-    def _scale_input_hook(self, path: str):
-        def hook(module, args):
-            scale = self._scale_for(path)
-            return None if scale is None else (args[0] * scale, *args[1:])
-
-        return hook
-
-    def _scale_for(self, path: str) -> torch.Tensor | None:
-        if self._site_scales is None or self.disable_adapters or self._state.mode == "off":
-            return None
-        return self._site_scales.get(path)
 
     # ----- prefill: compute the vectors -----------------------------------------------------------------
     def _before_decoder_layer(self, module, args, kwargs):
@@ -116,8 +85,8 @@ class ParaLayer(nn.Module, BaseTunerLayer):
         hidden = args[0] if args else kwargs["hidden_states"]
         if self._state.mode == "compute":
             self.set_row_vectors(self.compute_row_vectors(hidden, self._state.pool_mask, self._state.adapter_names))
-        elif self._site_scales is not None:
-            batch = next(iter(self._site_scales.values())).shape[0] if self._site_scales else hidden.shape[0]
+        elif self.scaler.scales:
+            batch = next(iter(self.scaler.scales.values())).shape[0]
             if batch != hidden.shape[0]:
                 raise RuntimeError(
                     f"PARA vectors were computed at prefill for {batch} rows but this decode step has "
@@ -155,28 +124,11 @@ class ParaLayer(nn.Module, BaseTunerLayer):
                     vectors[target] = vectors[target].index_put((rows,), vectors[target][rows] * (1.0 + delta))
         return vectors
 
-    def set_row_vectors(self, vectors: dict[str, torch.Tensor] | None, dtype: torch.dtype | None = None) -> None:
-        """Turn per-target vectors into one scale tensor per hooked module (fused projections get ones in
-        the slices of untargeted parts); ``None`` clears them."""
+    def set_row_vectors(self, vectors: dict[str, torch.Tensor] | None) -> None:
+        """Hand per-target vectors to the hooks (``None`` clears them)."""
         if vectors is None:
-            self._site_scales = None
+            self.scaler.scales = None
             return
         sites = {target: site for name in self.sites for target, site in self.sites[name].items()}
-        scales: dict[str, torch.Tensor] = {}
-        layer = self._decoder_layer[0]
-        dtype = dtype or next(layer.parameters()).dtype
-        for target, vector in vectors.items():
-            site = sites[target]
-            module = layer.get_submodule(site.module)
-            features = module_features(module, site.side)
-            if site.start == 0 and site.width == features:
-                scale = vector
-            else:
-                scale = scales.get(site.module)
-                scale = torch.ones(vector.shape[0], features, dtype=vector.dtype, device=vector.device) \
-                    if scale is None else scale[:, 0].to(vector.dtype)
-                scale = torch.cat(
-                    [scale[:, : site.start], vector, scale[:, site.start + site.width:]], dim=-1
-                )
-            scales[site.module] = scale.to(dtype).unsqueeze(1)
-        self._site_scales = scales
+        dtype = next(self._decoder_layer[0].parameters()).dtype
+        self.scaler.scales = module_scales(self._decoder_layer[0], sites, vectors, dtype)
