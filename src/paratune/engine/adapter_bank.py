@@ -1,0 +1,208 @@
+"""The adapter bank: loads PEFT-format PARA, LoRA and (IA)^3 adapters against one backbone and owns their
+weights. Layers never see adapter names: the batch asks the bank for per-row tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..para.arch import decoder_layers, resolve_sites
+from ..para.batched import StackedGenerators
+from ..para.config import ParaConfig
+from ..para.generator import VectorGenerator
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+KINDS = ("PARA", "LORA", "IA3")
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be served: bad files, unsupported options, or a mismatch with the backbone."""
+
+
+@dataclass
+class ParaAdapter:
+    config: ParaConfig
+    generators: dict[int, VectorGenerator]  # layer index -> generator
+
+
+@dataclass
+class LoraAdapter:
+    r: int
+    scaling: float
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (A (r, in), B (out, r))
+
+
+@dataclass
+class Ia3Adapter:
+    vectors: dict[str, tuple[torch.Tensor, str]]  # module path -> (vector, "output" | "input")
+
+
+@dataclass
+class AdapterBank:
+    model: nn.Module
+    adapters: dict[str, object] = field(default_factory=dict)
+    _stacks: dict = field(default_factory=dict)  # (layer, family) -> (StackedGenerators, {name: index})
+
+    def __post_init__(self):
+        self.layers_path, self.layers = decoder_layers(self.model)
+        self.config = self.model.config
+
+    # ----- management --------------------------------------------------------------------------------
+    def add(self, name: str, path: str | Path) -> str:
+        """Load the adapter folder at ``path`` under ``name``; returns its kind (PARA, LORA or IA3)."""
+        if name in self.adapters:
+            raise AdapterError(f"an adapter named {name!r} is already loaded")
+        path = Path(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_path.is_file():
+            raise AdapterError(f"{path} has no {CONFIG_FILE}")
+        if not weights_path.is_file():
+            raise AdapterError(f"{path} has no {WEIGHTS_FILE} (only safetensors adapters are served)")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise AdapterError(f"{config_path} is not valid JSON: {error}") from None
+        kind = str(config.get("peft_type", "")).upper()
+        if kind not in KINDS:
+            raise AdapterError(f"{path}: peft_type {config.get('peft_type')!r} is not served; served: {list(KINDS)}")
+        weights = _strip_prefix(load_file(str(weights_path), device=str(self._device())))
+        loader = {"PARA": self._load_para, "LORA": self._load_lora, "IA3": self._load_ia3}[kind]
+        self.adapters[name] = loader(path, config, weights)
+        self._stacks.clear()
+        return kind
+
+    def remove(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
+        del self.adapters[name]
+        self._stacks.clear()
+
+    def kind(self, name: str) -> str:
+        return {ParaAdapter: "PARA", LoraAdapter: "LORA", Ia3Adapter: "IA3"}[type(self.adapters[name])]
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----- loaders --------------------------------------------------------------------------------------
+    def _load_para(self, path: Path, config: dict, weights: dict) -> ParaAdapter:
+        config = {k: v for k, v in config.items() if k in ParaConfig.__dataclass_fields__}
+        para_config = ParaConfig(**config)
+        hidden = self.config.get_text_config().hidden_size
+        per_layer: dict[int, dict[str, torch.Tensor]] = {}
+        pattern = re.compile(rf"^{re.escape(self.layers_path)}\.(\d+)\.para\.generators\.(.+)$")
+        for key, tensor in weights.items():
+            match = pattern.match(key)
+            if not match:
+                raise AdapterError(f"{path}: unexpected tensor {key!r} in a PARA adapter for this backbone")
+            per_layer.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
+        expected = para_config.layers_to_transform or list(range(len(self.layers)))
+        if sorted(per_layer) != sorted(expected):
+            raise AdapterError(
+                f"{path}: PARA adapter has generators for layers {sorted(per_layer)[:5]}... but this backbone "
+                f"has {len(self.layers)} layers (expected {len(expected)} generators)"
+            )
+        generators = {}
+        for index, state in per_layer.items():
+            sites = resolve_sites(self.model, self.layers[index], para_config.targets)
+            widths = {t: s.width for t, s in sites.items()}
+            generator = VectorGenerator(hidden, para_config.r, widths, para_config.pooling,
+                                        para_config.activation, 0.0).to(self._device())
+            try:
+                generator.load_state_dict(state)
+            except RuntimeError as error:
+                raise AdapterError(f"{path}: layer {index} does not fit this backbone "
+                                   f"(hidden size {hidden}, widths {widths}): {error}") from None
+            generators[index] = generator.eval().requires_grad_(False)
+        return ParaAdapter(para_config, generators)
+
+    def _load_lora(self, path: Path, config: dict, weights: dict) -> LoraAdapter:
+        for option, default in (("use_dora", False), ("bias", "none"), ("modules_to_save", None)):
+            if config.get(option, default) not in (default, [], False):
+                raise AdapterError(f"{path}: LoRA option {option}={config[option]!r} is not served")
+        r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+        scaling = alpha / r ** 0.5 if config.get("use_rslora") else alpha / r
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in weights.items():
+            match = re.match(r"^(.+)\.lora_([AB])\.weight$", key)
+            if not match:
+                raise AdapterError(f"{path}: unexpected tensor {key!r} in a LoRA adapter")
+            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+        out = {}
+        for module_path, ab in pairs.items():
+            module = self._module(path, module_path)
+            a, b = ab["A"], ab["B"]
+            in_f, out_f = _in_out(module)
+            if a.shape != (r, in_f) or b.shape != (out_f, r):
+                raise AdapterError(f"{path}: LoRA tensors of {module_path} have shapes {tuple(a.shape)}, "
+                                   f"{tuple(b.shape)} but the backbone module is {in_f} -> {out_f} (r={r})")
+            out[module_path] = (a, b)
+        return LoraAdapter(r, scaling, out)
+
+    def _load_ia3(self, path: Path, config: dict, weights: dict) -> Ia3Adapter:
+        feedforward = set(config.get("feedforward_modules") or [])
+        vectors = {}
+        for key, tensor in weights.items():
+            match = re.match(r"^(.+)\.ia3_l$", key)
+            if not match:
+                raise AdapterError(f"{path}: unexpected tensor {key!r} in an (IA)^3 adapter")
+            module_path = match.group(1)
+            self._module(path, module_path)
+            is_ff = any(module_path == f or module_path.endswith("." + f) for f in feedforward)
+            vectors[module_path] = (tensor.reshape(-1), "input" if is_ff else "output")
+        return Ia3Adapter(vectors)
+
+    def _module(self, path: Path, module_path: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(module_path)
+        except AttributeError:
+            raise AdapterError(f"{path}: the backbone has no module {module_path!r}") from None
+
+    # ----- per-row tensors for the batch ------------------------------------------------------------------
+    def para_stack(self, layer: int, names: list[str]) -> tuple[list[StackedGenerators], list[list[int]]]:
+        """Group ``names`` (one per row; PARA adapters only) by generator family; return, per family, its stack
+        and each row's index into it (-1 for rows of other families)."""
+        families: dict[tuple, list[str]] = {}
+        for name in dict.fromkeys(names):
+            adapter = self.adapters[name]
+            if layer in adapter.generators:
+                g = adapter.generators[layer]
+                families.setdefault((g.pooling, type(g.activation).__name__), []).append(name)
+        stacks, indices = [], []
+        for family, members in families.items():
+            key = (layer, family)
+            stack, position = self._stacks.get(key, (None, {}))
+            if stack is None or any(m not in position for m in members):
+                members_all = sorted(n for n, a in self.adapters.items() if isinstance(a, ParaAdapter)
+                                     and layer in a.generators and (a.generators[layer].pooling,
+                                     type(a.generators[layer].activation).__name__) == family)
+                gens = [self.adapters[n].generators[layer] for n in members_all]
+                widths = {}
+                for g in gens:
+                    widths.update(g.widths)
+                order = [t for t in ("q", "k", "v", "o", "up", "gate", "down") if t in widths]
+                stack = StackedGenerators(gens, {t: widths[t] for t in order})
+                position = {n: i for i, n in enumerate(members_all)}
+                self._stacks[key] = (stack, position)
+            stacks.append(stack)
+            indices.append([position.get(n, -1) for n in names])
+        return stacks, indices
+
+
+def _strip_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+
+
+def _in_out(module: nn.Module) -> tuple[int, int]:
+    if hasattr(module, "in_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "nf"):  # Conv1D
+        return module.weight.shape[0], module.nf
+    raise AdapterError(f"LoRA on {type(module).__name__} is not served")
