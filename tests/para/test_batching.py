@@ -98,7 +98,7 @@ def test_left_padded_generate_equals_each_prompt_alone(arch):
 def generator_vectors(peft_model):
     """The scaling tensors every layer computed in the last prefill."""
     return [
-        {k: v.clone() for k, v in module._site_scales.items()}
+        {k: v.clone() for k, v in module.scaler.scales.items()}
         for module in peft_model.modules()
         if type(module).__name__ == "ParaLayer"
     ]

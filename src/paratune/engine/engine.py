@@ -39,6 +39,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         self.stats = collections.Counter()
+        self._dropped: list[Request] = []  # finished without running (cancelled while queued)
 
     # ----- adapters ---------------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path) -> str:
@@ -81,6 +82,10 @@ class Engine:
             request.generator = torch.Generator(device="cpu").manual_seed(request.params.seed)
         self.waiting.append(request)
         return request
+
+    def pop_dropped(self) -> list[Request]:
+        dropped, self._dropped = self._dropped, []
+        return dropped
 
     def cancel(self, request: Request) -> None:
         request.finish_reason = request.finish_reason or "cancelled"
@@ -132,12 +137,10 @@ class Engine:
         admitted, reserved = [], self.reserved_tokens()
         while self.waiting and len(self.running) + len(admitted) < self.max_batch:
             request = self.waiting[0]
-            if request.finished:  # cancelled while waiting
-                self.waiting.popleft()
-                continue
             if request.adapter is not None and request.adapter not in self.bank.adapters:
-                self.waiting.popleft()
                 request.finish_reason = "cancelled"  # its adapter was unloaded while it waited
+            if request.finished:  # cancelled while waiting
+                self._dropped.append(self.waiting.popleft())
                 continue
             if reserved + request.reserved_tokens > self.kv_budget_tokens:
                 break  # wait for running requests to free KV memory

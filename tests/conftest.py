@@ -1,23 +1,19 @@
-"""Fixtures for the training-data tests: the real SmolLM2 tokenizer, with and without its chat template."""
+"""Shared fixtures: the real SmolLM2 tokenizer (converted once from the embedded GGUF), with and without
+its chat template. Tiny models are in tests/tiny_models.py."""
 
 from __future__ import annotations
 
 import pytest
 from transformers import AutoTokenizer
 
-from paratune.models import DEFAULT_MODEL, cache_dir
+from paratune.models import DEFAULT_MODEL, cache_dir, load_backbone
 
 
 @pytest.fixture(scope="session")
 def tokenizer_folder():
     folder = cache_dir() / "models" / DEFAULT_MODEL
     if not (folder / "tokenizer.json").is_file():
-        try:  # first use converts the embedded GGUF once (~20 s)
-            from paratune.models import load_backbone
-
-            load_backbone()
-        except Exception as e:  # pragma: no cover - depends on the machine
-            pytest.skip(f"SmolLM2 tokenizer unavailable: {e}")
+        load_backbone()  # first use converts the embedded GGUF once (~20 s)
     return folder
 
 

@@ -1,0 +1,181 @@
+"""An asyncio front for the engine: a background thread runs the step loop; callers stream tokens.
+
+All engine mutations (new requests, cancellations, adapter loads) are queued as commands and applied by the
+engine thread between steps, so the engine itself needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from .engine import Engine
+from .request import Request
+
+
+@dataclass
+class StreamEvent:
+    token_id: int
+    text: str  # new text since the previous event (may be "" while a multi-byte character is incomplete)
+    logprob: float | None
+    finish_reason: str | None
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._listeners: dict[int, Callable[[Request, int], None]] = {}
+        self._draining: set[str] = set()
+        self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True)
+        self._thread.start()
+        self.error: BaseException | None = None
+
+    # ----- engine thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            while True:
+                try:
+                    self._commands.get_nowait()()
+                except queue.Empty:
+                    break
+            if not self.engine.has_work():
+                self._wake.wait(timeout=0.05)
+                self._wake.clear()
+                continue
+            try:
+                produced = self.engine.step()
+            except BaseException as error:  # keep serving: fail the requests in flight, not the server
+                self.error = error
+                for request in list(self.engine.running) + list(self.engine.waiting):
+                    request.finish_reason = "error"
+                    self._notify(request, -1)
+                self.engine.batch, self.engine.waiting = None, type(self.engine.waiting)()
+                continue
+            for request, token in produced:
+                self._notify(request, token)
+            for request in self.engine.pop_dropped():
+                self._notify(request, -1)
+
+    def _notify(self, request: Request, token: int) -> None:
+        listener = self._listeners.get(request.id)
+        if listener is not None:
+            listener(request, token)
+            if request.finished:
+                self._listeners.pop(request.id, None)
+
+    def _run(self, command: Callable[[], object]) -> "asyncio.Future":
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def wrapped():
+            try:
+                result = command()
+            except BaseException as error:
+                loop.call_soon_threadsafe(_set, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_set, future, result, None)
+
+        self._commands.put(wrapped)
+        self._wake.set()
+        return future
+
+    # ----- public, asyncio side ---------------------------------------------------------------------------
+    async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
+        """Submit ``request`` and yield its tokens as they are produced; cancelling the iterator (e.g. a client
+        disconnect) cancels the request and frees its slot."""
+        if request.adapter in self._draining:
+            raise KeyError(f"adapter {request.adapter!r} is being unloaded")
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        # Snapshot what the engine thread knows now: by the time the consumer reads, the request may be further.
+        self._listeners[request.id] = lambda r, t: loop.call_soon_threadsafe(
+            tokens.put_nowait, (t, r.finish_reason, r.logprobs[-1] if r.params.logprobs and t >= 0 else None))
+        await self._run(lambda: self.engine.add_request(request))
+        decoder = _IncrementalText(self.engine.tokenizer, request)
+        try:
+            while True:
+                token, finish_reason, logprob = await tokens.get()
+                if token < 0:  # cancelled or failed without a token
+                    yield StreamEvent(-1, decoder.flush(), None, finish_reason)
+                    return
+                text = decoder.push(token, last=finish_reason is not None)
+                yield StreamEvent(token, text, logprob, finish_reason)
+                if finish_reason is not None:
+                    return
+        finally:
+            if not request.finished:
+                await self._run(lambda: self.engine.cancel(request))
+
+    async def complete(self, request: Request) -> Request:
+        async for _ in self.stream(request):
+            pass
+        return request
+
+    async def add_adapter(self, name: str, path) -> str:
+        return await self._run(lambda: self.engine.add_adapter(name, path))
+
+    async def remove_adapter(self, name: str, poll: float = 0.02) -> None:
+        """Stop accepting requests for ``name``, let its queued and running requests finish, then unload it."""
+        if name not in self.engine.bank.adapters:
+            raise KeyError(f"no adapter named {name!r}")
+        self._draining.add(name)
+        try:
+            while any(r.adapter == name for r in list(self.engine.running) + list(self.engine.waiting)):
+                await asyncio.sleep(poll)
+            await self._run(lambda: self.engine.remove_adapter(name))
+        finally:
+            self._draining.discard(name)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+
+def _set(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _IncrementalText:
+    """Decode the growing output once per token and hand out only the new text; hold back an incomplete
+    UTF-8 character and, when stop strings are set, the tail that could still become a stop string."""
+
+    def __init__(self, tokenizer, request: Request):
+        self.tokenizer = tokenizer
+        self.request = request
+        self.ids: list[int] = []
+        self.sent = 0
+        self.hold = max((len(s) for s in request.params.stop), default=1) - 1
+
+    def push(self, token: int, last: bool) -> str:
+        self.ids.append(token)
+        if self.tokenizer is None:
+            return ""
+        if last:
+            return self.flush()
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        safe = len(text) - self.hold
+        if text.endswith("\ufffd"):
+            safe = min(safe, len(text) - 1)
+        if safe <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent: safe], safe
+        return delta
+
+    def flush(self) -> str:
+        if self.tokenizer is None:
+            return ""
+        final = self.request.text if self.request.finished else self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        delta, self.sent = final[self.sent:], len(final)
+        return delta
