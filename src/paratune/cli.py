@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="save the trained adapter to this folder")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    from . import generate
+
+    generate.add_parser(commands)
     return parser
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"paratune {args.command}: error: {error}", file=sys.stderr)
         return 2
 
