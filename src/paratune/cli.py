@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .models import DEFAULT_MODEL
@@ -13,6 +14,20 @@ def _demo(args) -> int:
 
     run_demo(model_name=args.model, steps=args.steps, r=args.r, lr=args.lr, batch_size=args.batch_size,
              max_seconds=args.max_seconds, output=args.output, seed=args.seed)
+    return 0
+
+
+def _bench_serve(args) -> int:
+    from .bench.serve_bench import BenchConfig, run
+
+    cfg = BenchConfig(
+        shapes=args.shapes.split(","), concurrency=[int(c) for c in args.concurrency.split(",")],
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, prefill_len=args.prefill_len,
+        prefill_batch=args.prefill_batch, many_adapters=args.many_adapters,
+        peft_reference=not args.no_peft_reference, profile=not args.no_profile, device=args.device,
+        output=args.output)
+    summary = run(cfg, "paratune " + " ".join(sys.argv[1:]))
+    print(json.dumps({shape: {k: v for k, v in s.items()} for shape, s in summary.items()}, indent=1))
     return 0
 
 
@@ -42,6 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     from . import generate
 
     generate.add_parser(commands)
+
+    bench = commands.add_parser("bench", help="benchmarks (serving speed, quality)",
+                                description="Benchmarks that print a table and write results under --output.")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    serve = bench_kinds.add_parser(
+        "serve", help="decode throughput: base vs PARA vs LoRA (ours) vs PEFT mixed-batch LoRA",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="N concurrent requests, each on a distinct adapter, through one engine; also prefill cost "
+        "of the generator at long prompts and throughput with 1 vs many registered adapters. Writes "
+        "serve.md, serve.json and serve.png.")
+    serve.add_argument("--shapes", default="smollm2-135m,llama-430m-random", help="comma-separated backbones")
+    serve.add_argument("--concurrency", default="1,8,32", help="comma-separated request counts")
+    serve.add_argument("--prompt-len", type=int, default=64)
+    serve.add_argument("--new-tokens", type=int, default=32)
+    serve.add_argument("--repeats", type=int, default=3)
+    serve.add_argument("--prefill-len", type=int, default=512)
+    serve.add_argument("--prefill-batch", type=int, default=4)
+    serve.add_argument("--many-adapters", type=int, default=1000, help="0 to skip")
+    serve.add_argument("--no-peft-reference", action="store_true", help="skip PEFT's mixed-batch generate")
+    serve.add_argument("--no-profile", action="store_true")
+    serve.add_argument("--device", default="cpu", help="cpu or cuda")
+    serve.add_argument("--output", default="docs/results")
+    serve.set_defaults(func=_bench_serve)
     return parser
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..para.arch import decoder_layers, resolve_sites
 from ..para.batched import StackedGenerators
-from ..para.config import ParaConfig
+from ..para.config import TARGETS, ParaConfig
 from ..para.generator import VectorGenerator
 
 CONFIG_FILE = "adapter_config.json"
@@ -49,7 +49,6 @@ class Ia3Adapter:
 class AdapterBank:
     model: nn.Module
     adapters: dict[str, object] = field(default_factory=dict)
-    _stacks: dict = field(default_factory=dict)  # (layer, family) -> (StackedGenerators, {name: index})
 
     def __post_init__(self):
         self.layers_path, self.layers = decoder_layers(self.model)
@@ -76,14 +75,12 @@ class AdapterBank:
         weights = _strip_prefix(load_file(str(weights_path), device=str(self._device())))
         loader = {"PARA": self._load_para, "LORA": self._load_lora, "IA3": self._load_ia3}[kind]
         self.adapters[name] = loader(path, config, weights)
-        self._stacks.clear()
         return kind
 
     def remove(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
         del self.adapters[name]
-        self._stacks.clear()
 
     def kind(self, name: str) -> str:
         return {ParaAdapter: "PARA", LoraAdapter: "LORA", Ia3Adapter: "IA3"}[type(self.adapters[name])]
@@ -167,31 +164,24 @@ class AdapterBank:
 
     # ----- per-row tensors for the batch ------------------------------------------------------------------
     def para_stack(self, layer: int, names: list[str]) -> tuple[list[StackedGenerators], list[list[int]]]:
-        """Group ``names`` (one per row; PARA adapters only) by generator family; return, per family, its stack
-        and each row's index into it (-1 for rows of other families)."""
+        """Stack the generators of the PARA adapters in ``names`` (one per row) for one layer, grouped by
+        generator family; return, per family, its stack and each row's index into it (-1: another family).
+        Only the adapters of these rows are gathered, so the cost does not grow with the adapters registered."""
         families: dict[tuple, list[str]] = {}
         for name in dict.fromkeys(names):
-            adapter = self.adapters[name]
-            if layer in adapter.generators:
-                g = adapter.generators[layer]
+            generators = self.adapters[name].generators
+            if layer in generators:
+                g = generators[layer]
                 families.setdefault((g.pooling, type(g.activation).__name__), []).append(name)
         stacks, indices = [], []
-        for family, members in families.items():
-            key = (layer, family)
-            stack, position = self._stacks.get(key, (None, {}))
-            if stack is None or any(m not in position for m in members):
-                members_all = sorted(n for n, a in self.adapters.items() if isinstance(a, ParaAdapter)
-                                     and layer in a.generators and (a.generators[layer].pooling,
-                                     type(a.generators[layer].activation).__name__) == family)
-                gens = [self.adapters[n].generators[layer] for n in members_all]
-                widths = {}
-                for g in gens:
-                    widths.update(g.widths)
-                order = [t for t in ("q", "k", "v", "o", "up", "gate", "down") if t in widths]
-                stack = StackedGenerators(gens, {t: widths[t] for t in order})
-                position = {n: i for i, n in enumerate(members_all)}
-                self._stacks[key] = (stack, position)
-            stacks.append(stack)
+        for members in families.values():
+            gens = [self.adapters[n].generators[layer] for n in members]
+            widths = {}
+            for g in gens:
+                widths.update(g.widths)
+            order = [t for t in TARGETS if t in widths]
+            stacks.append(StackedGenerators(gens, {t: widths[t] for t in order}))
+            position = {n: i for i, n in enumerate(members)}
             indices.append([position.get(n, -1) for n in names])
         return stacks, indices
 
