@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate.add_parser(commands)
 
+    from .server import cli as serve_cli
+
+    serve_cli.add_parser(commands)
+
     bench = commands.add_parser("bench", help="benchmarks (serving speed, quality)",
                                 description="Benchmarks that print a table and write results under --output.")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -27,6 +27,8 @@ class StreamEvent:
 class AsyncEngine:
     def __init__(self, engine: Engine):
         self.engine = engine
+        if engine.tokenizer is not None and not isinstance(engine.tokenizer, LockedTokenizer):
+            engine.tokenizer = LockedTokenizer(engine.tokenizer)
         self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -136,6 +138,33 @@ class AsyncEngine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
+
+
+class LockedTokenizer:
+    """A tokenizer shared by the engine thread and the event loop: the Rust tokenizers raise "Already borrowed"
+    when one object is used from two threads at once, so every call goes through one lock."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attribute = getattr(self._tokenizer, name)
+        if not callable(attribute):
+            return attribute
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return locked
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer(*args, **kwargs)
+
+    def __len__(self):
+        return len(self._tokenizer)
 
 
 def _set(future: asyncio.Future, result, error) -> None:

@@ -1,0 +1,344 @@
+"""The OpenAI-compatible HTTP API (FastAPI). The adapter is named in ``model``; the base model by its own name.
+
+Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import AdapterError, Engine, Request, SamplingParams
+from ..engine.async_engine import AsyncEngine
+from .metrics import ServerMetrics
+from .schemas import AdapterLoad, ChatCompletionRequest, CompletionRequest
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    api_key: str | None = None
+    queue_size: int = 256
+    max_prompt_tokens: int = 2048
+    max_completion_tokens: int = 1024
+    default_max_tokens: int = 256
+    max_body_bytes: int = 1_000_000
+    adapter_root: Path | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before parsing them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await error_response(413, f"request body is larger than {self.limit} bytes",
+                                        "invalid_request_error")(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"request body is larger than {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+    front = AsyncEngine(engine)
+    metrics = ServerMetrics()
+    tokenizer = engine.tokenizer
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        front.shutdown()
+
+    app = FastAPI(title="paratune", version="0.1.0", lifespan=lifespan)
+    app.state.front, app.state.metrics, app.state.config = front, metrics, config
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+
+    # ----- errors in OpenAI's shape -----------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request, error: ApiError):
+        return error_response(error.status, error.message, error.type, error.param, error.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, error: RequestValidationError):
+        first = error.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        if first.get("type") == "json_invalid":
+            return error_response(400, f"request body is not valid JSON: {first.get('msg')}",
+                                  "invalid_request_error", None, "invalid_json")
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg')}" if param else first.get("msg", "invalid request")
+        return error_response(400, message, "invalid_request_error", param, first.get("type"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, error: StarletteHTTPException):
+        type_ = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return error_response(error.status_code, str(error.detail), type_)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, error: Exception):
+        return error_response(500, f"internal error: {type(error).__name__}", "server_error")
+
+    @app.middleware("http")
+    async def _auth(request: HttpRequest, call_next):
+        if config.api_key and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            if header != f"Bearer {config.api_key}":
+                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                      "authentication_error", None, "invalid_api_key")
+        return await call_next(request)
+
+    # ----- helpers ------------------------------------------------------------------------------------------
+    def resolve_adapter(model: str) -> str | None:
+        if model == config.model_name:
+            return None
+        if model in engine.bank.adapters and model not in front._draining:
+            return model
+        available = [config.model_name, *sorted(engine.bank.adapters)]
+        raise ApiError(404, f"model {model!r} does not exist; available: {available}", "not_found_error",
+                       "model", "model_not_found")
+
+    def sampling(body, logprobs: bool) -> SamplingParams:
+        max_tokens = body.max_tokens or config.default_max_tokens
+        if max_tokens > config.max_completion_tokens:
+            raise ApiError(400, f"max_tokens must be <= {config.max_completion_tokens}, got {max_tokens}",
+                           param="max_tokens")
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              top_k=body.top_k, seed=body.seed, stop=body.stop or [], logprobs=logprobs)
+
+    def admit(ids: list[int], adapter: str | None, params: SamplingParams, param: str) -> Request:
+        if len(ids) > config.max_prompt_tokens:
+            raise ApiError(400, f"prompt is {len(ids)} tokens; the limit is {config.max_prompt_tokens}",
+                           param=param, code="context_length_exceeded")
+        if len(engine.waiting) >= config.queue_size:
+            raise ApiError(429, f"the queue is full ({config.queue_size} requests waiting); retry later",
+                           "rate_limit_error", None, "queue_full")
+        return Request(ids, adapter, params)
+
+    def usage(request: Request) -> dict:
+        return {"prompt_tokens": len(request.prompt_ids), "completion_tokens": len(request.output_ids),
+                "total_tokens": len(request.prompt_ids) + len(request.output_ids)}
+
+    def observe(request: Request, endpoint: str, start: float, status: int) -> None:
+        label = request.adapter or config.model_name
+        metrics.requests.labels(label, endpoint, str(status)).inc()
+        metrics.prompt_tokens.labels(label).inc(len(request.prompt_ids))
+        metrics.completion_tokens.labels(label).inc(len(request.output_ids))
+        metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def finish(http: HttpRequest, request: Request) -> Request | None:
+        """Run to completion unless the client goes away (then cancel and free the slot)."""
+        task = asyncio.create_task(front.complete(request))
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await http.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return None
+        return task.result()
+
+    def check_failed(request: Request) -> None:
+        if request.finish_reason == "error":
+            raise ApiError(500, "generation failed", "server_error")
+
+    def token_logprobs(request: Request) -> tuple[list[str], list[float]]:
+        tokens = [tokenizer.decode([t]) for t in request.output_ids[: len(request.logprobs)]]
+        return tokens, request.logprobs
+
+    # ----- endpoints --------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "running": len(engine.running), "waiting": len(engine.waiting)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue_depth.set(len(engine.waiting))
+        metrics.running.set(len(engine.running))
+        metrics.active_adapters.set(len(engine.bank.adapters))
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        now = int(time.time())
+        data = [{"id": config.model_name, "object": "model", "created": now, "owned_by": "paratune"}]
+        data += [{"id": name, "object": "model", "created": now, "owned_by": "paratune",
+                  "parent": config.model_name, "adapter_type": engine.bank.kind(name)}
+                 for name in sorted(engine.bank.adapters) if name not in front._draining]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, http: HttpRequest):
+        start = time.perf_counter()
+        adapter = resolve_adapter(body.model)
+        request = admit(tokenizer(body.prompt)["input_ids"], adapter, sampling(body, body.logprobs is not None),
+                        "prompt")
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text, finish_reason, logprobs=None):
+            return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+
+        if body.stream:
+            return stream(http, request, start, "completions",
+                          lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None))
+        done = await finish(http, request)
+        if done is None:
+            observe(request, "completions", start, 499)
+            return JSONResponse(status_code=499, content={})
+        check_failed(done)
+        observe(done, "completions", start, 200)
+        logprobs = None
+        if done.params.logprobs:
+            tokens, values = token_logprobs(done)
+            logprobs = {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": None}
+        body_text = (body.prompt if body.echo else "") + done.text
+        return {**chunk(body_text, FINISH.get(done.finish_reason, "stop"), logprobs), "usage": usage(done)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, http: HttpRequest):
+        start = time.perf_counter()
+        adapter = resolve_adapter(body.model)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ApiError(400, "this backbone has no chat template; use /v1/completions", param="messages")
+        messages = [m.model_dump() for m in body.messages]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        request = admit(ids, adapter, sampling(body, body.logprobs), "messages")
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta, finish_reason):
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+        if body.stream:
+            first = [True]
+
+            def event(ev):
+                delta = {"role": "assistant", "content": ev.text} if first[0] else (
+                    {"content": ev.text} if ev.text or not ev.finish_reason else {})
+                first[0] = False
+                return chunk(delta, FINISH.get(ev.finish_reason) if ev.finish_reason else None)
+
+            return stream(http, request, start, "chat", event)
+        done = await finish(http, request)
+        if done is None:
+            observe(request, "chat", start, 499)
+            return JSONResponse(status_code=499, content={})
+        check_failed(done)
+        observe(done, "chat", start, 200)
+        logprobs = None
+        if done.params.logprobs:
+            tokens, values = token_logprobs(done)
+            logprobs = {"content": [{"token": t, "logprob": v, "bytes": list(t.encode()), "top_logprobs": []}
+                                    for t, v in zip(tokens, values)]}
+        return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                             "logprobs": logprobs, "finish_reason": FINISH.get(done.finish_reason, "stop")}],
+                "usage": usage(done)}
+
+    def stream(http: HttpRequest, request: Request, start: float, endpoint: str, to_chunk) -> StreamingResponse:
+        async def events():
+            first = True
+            status = 200
+            try:
+                async for event in front.stream(request):
+                    if first:
+                        metrics.first_token.labels(request.adapter or config.model_name).observe(
+                            time.perf_counter() - start)
+                        first = False
+                    if event.finish_reason == "error":
+                        status = 500
+                        yield "data: " + json.dumps({"error": {"message": "generation failed",
+                                                               "type": "server_error"}}) + "\n\n"
+                        return
+                    yield "data: " + json.dumps(to_chunk(event)) + "\n\n"
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:  # client went away: the stream's finally cancelled the request
+                status = 499
+                raise
+            finally:
+                observe(request, endpoint, start, status)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/adapters")
+    async def list_adapters():
+        return {"object": "list", "data": [{"id": n, "object": "adapter", "type": engine.bank.kind(n)}
+                                           for n in sorted(engine.bank.adapters) if n not in front._draining]}
+
+    @app.post("/v1/adapters")
+    async def load_adapter(body: AdapterLoad):
+        if body.name == config.model_name or body.name in engine.bank.adapters:
+            raise ApiError(409, f"an adapter or model named {body.name!r} already exists", param="name")
+        path = safe_adapter_path(config.adapter_root, body.path)
+        try:
+            kind = await front.add_adapter(body.name, path)
+        except AdapterError as error:
+            raise ApiError(400, str(error), param="path") from None
+        return {"id": body.name, "object": "adapter", "type": kind}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str):
+        if name not in engine.bank.adapters or name in front._draining:
+            raise ApiError(404, f"no adapter named {name!r}", "not_found_error", "name")
+        await front.remove_adapter(name)
+        return {"id": name, "object": "adapter", "deleted": True}
+
+    return app
+
+
+def safe_adapter_path(root: Path | None, path: str) -> Path:
+    """``path`` (relative to the adapter root) resolved, symlinks included, and checked to stay inside it."""
+    if root is None:
+        raise ApiError(400, "runtime adapter loading is disabled: start the server with --adapter-dir", param="path")
+    if "\x00" in path:
+        raise ApiError(400, "path contains a NUL byte", param="path")
+    root = Path(root).resolve()
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise ApiError(400, f"path {path!r} is outside the adapter root", param="path", code="path_outside_root")
+    if not resolved.is_dir():
+        raise ApiError(404, f"no adapter folder {path!r} under the adapter root", "not_found_error", "path")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        file = resolved / name
+        if file.exists() and not file.resolve().is_relative_to(root):
+            raise ApiError(400, f"{name} of {path!r} links outside the adapter root", param="path",
+                           code="path_outside_root")
+    return resolved

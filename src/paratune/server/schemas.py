@@ -1,0 +1,68 @@
+"""Request and response bodies of the OpenAI-compatible API (the subset paratune serves)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = None
+    user: Optional[str] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        if value is None:
+            return []
+        values = [value] if isinstance(value, str) else value
+        if len(values) > 4 or any(not isinstance(v, str) or not v for v in values):
+            raise ValueError("stop must be a non-empty string or a list of up to 4 non-empty strings")
+        return values
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+    logprobs: Optional[int] = Field(default=None, ge=0, le=1)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value):
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("prompt must be a string (or a list with exactly one string)")
+            value = value[0]
+        if not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+
+
+class AdapterLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str = Field(min_length=1, max_length=1024)
