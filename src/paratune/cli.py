@@ -13,7 +13,7 @@ def _demo(args) -> int:
     from .demo.run import run_demo
 
     run_demo(model_name=args.model, steps=args.steps, r=args.r, lr=args.lr, batch_size=args.batch_size,
-             max_seconds=args.max_seconds, output=args.output, seed=args.seed)
+             max_seconds=args.max_seconds, n_eval=args.n_eval, seed=args.seed)
     return 0
 
 
@@ -39,18 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="train PARA on a generated task and compare with the base model",
-        description="Load the backbone, train a PARA adapter for a minute or two on a sentiment task the "
-        "project generates itself, and print base vs adapted answers on held-out reviews side by side.",
+        "demo", help="train three PARA tenants, serve them, compare with the base model",
+        description="Train one PARA adapter per generated task (sentiment, arithmetic, French words; cached "
+        "after the first run), serve them with the base model through the OpenAI-compatible server, send "
+        "held-out prompts concurrently with the openai client, and print answers side by side with accuracy "
+        "and throughput.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    demo.add_argument("--steps", type=int, default=60, help="training steps")
+    demo.add_argument("--steps", type=int, default=30, help="training steps per tenant")
     demo.add_argument("--r", type=int, default=16, help="PARA bottleneck width")
     demo.add_argument("--lr", type=float, default=3e-3, help="learning rate")
     demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--max-seconds", type=float, default=150.0, help="stop training after this long")
-    demo.add_argument("--output", default=None, help="save the trained adapter to this folder")
+    demo.add_argument("--max-seconds", type=float, default=120.0, help="stop a tenant's training after this long")
+    demo.add_argument("--n-eval", type=int, default=8, help="held-out prompts per tenant")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 

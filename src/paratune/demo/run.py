@@ -1,84 +1,127 @@
-"""The demo: base model vs a PARA adapter trained for a minute or two on a generated task."""
+"""`paratune demo`: three tenants on one backbone, served over the OpenAI API.
+
+1. Train one PARA adapter per generated task on the backbone (a minute or so each on a 2-core CPU; cached
+   after the first run, keyed by model, task and training settings).
+2. Start the OpenAI-compatible server with the three tenants on one engine.
+3. Send every tenant's held-out prompts, and the same prompts to the base model, concurrently through the
+   official ``openai`` client; print the answers side by side, accuracy and throughput; shut down.
+"""
 
 from __future__ import annotations
 
-import shutil
+import asyncio
+import os
+import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import peft
 import torch
 
-from ..models import DEFAULT_MODEL, load_backbone
+from ..models import DEFAULT_MODEL, cache_dir, load_backbone
 from ..para import ParaConfig
 from ..training.data import build_dataset
 from ..training.loop import train_steps
-from .tasks import sentiment_records
+from .tasks import TASKS, answer_matches
 
 
-def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 12) -> list[str]:
-    """Greedy answers, left-padded batch; PARA computes its vectors at prefill from each prompt."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in prompts]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    tokenizer.padding_side = "right"
-    with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
-
-
-def _label(text: str, labels=("positive", "negative")) -> str:
-    """The label word that appears first in an answer ("" if none): base-model answers are sentences."""
-    found = [(text.lower().find(label), label) for label in labels if label in text.lower()]
-    return min(found)[1] if found else ""
-
-
-def run_demo(model_name: str = DEFAULT_MODEL, steps: int = 60, train_size: int = 480, r: int = 16,
-             lr: float = 3e-3, batch_size: int = 8, max_seconds: float = 150.0, output: str | None = None,
-             n_eval: int = 40, seed: int = 0) -> dict:
-    start = time.perf_counter()
-    torch.manual_seed(seed)
+def train_tenant(model_name: str, task: str, steps: int, r: int, lr: float, batch_size: int, seed: int,
+                 max_seconds: float) -> Path:
+    """Train (or reuse from the cache) one tenant's PARA adapter; returns its folder."""
+    slug = model_name.replace("/", "_")
+    folder = cache_dir() / "demo" / f"{slug}-{task}-r{r}-steps{steps}-lr{lr}-bs{batch_size}-seed{seed}"
+    if (folder / "adapter_model.safetensors").is_file():
+        print(f"tenant {task!r}: cached adapter {folder}")
+        return folder
     backbone = load_backbone(model_name)
-    model, tokenizer = backbone.model, backbone.tokenizer
-    print(f"backbone: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params), "
-          f"loaded in {time.perf_counter() - start:.1f}s")
+    torch.manual_seed(seed)
+    records = TASKS[task].records(batch_size * steps, seed, False)
+    dataset, _ = build_dataset(backbone.tokenizer, records, "prompt-completion", max_length=128)
+    model = peft.get_peft_model(backbone.model, ParaConfig(r=r))
+    losses = train_steps(model, dataset, backbone.tokenizer, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                         max_seconds=max_seconds, desc=f"training tenant {task!r}")
+    print(f"tenant {task!r}: loss {losses[0]:.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f} "
+          f"in {len(losses)} steps")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    model.save_pretrained(tmp)
+    os.replace(tmp, folder)  # atomic: a half-written adapter never looks cached
+    return folder
 
-    train = sentiment_records(train_size, seed=seed)
-    held_out = sentiment_records(n_eval, seed=seed + 1, held_out=True)
-    dataset, stats = build_dataset(tokenizer, train, "prompt-completion", max_length=128)
-    print(f"task: sentiment of generated reviews; {stats.n_examples} training examples, "
-          f"{len(held_out)} held-out with unseen (thing, adjective) pairs")
 
-    prompts = [r_["prompt"] for r_ in held_out]
-    golds = [r_["completion"] for r_ in held_out]
-    base_answers = _answers(model, tokenizer, prompts)
+def _free_port() -> int:
+    import socket
 
-    peft_model = peft.get_peft_model(model, ParaConfig(r=r))
-    peft_model.print_trainable_parameters()
-    losses = train_steps(peft_model, dataset, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
-                         seed=seed, max_seconds=max_seconds, desc="PARA training")
-    para_answers = _answers(peft_model, tokenizer, prompts)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    base_acc = sum(_label(a) == g for a, g in zip(base_answers, golds)) / len(golds)
-    para_acc = sum(_label(a) == g for a, g in zip(para_answers, golds)) / len(golds)
-    print(f"\ntraining loss {losses[0]:.3f} -> {sum(losses[-5:]) / min(5, len(losses)):.3f} "
-          f"over {len(losses)} steps\n")
-    width = 44
-    print(f"{'held-out review':<{width}} | {'gold':<8} | {'base model':<{width - 14}} | PARA")
-    print("-" * (width * 2 + 24))
-    for prompt, gold, base, para in list(zip(prompts, golds, base_answers, para_answers))[:8]:
-        review = prompt.split("\n\n", 1)[1]
-        print(f"{textwrap.shorten(review, width):<{width}} | {gold:<8} | "
-              f"{textwrap.shorten(base, width - 14):<{width - 14}} | {textwrap.shorten(para, 20)}")
-    print(f"\nheld-out accuracy (first label word in the answer == gold, n={len(golds)}): "
-          f"base {base_acc:.0%}, PARA {para_acc:.0%}")
-    if output:
-        if Path(output).exists():
-            shutil.rmtree(output)
-        peft_model.save_pretrained(output)
-        print(f"adapter saved to {output}")
+
+async def _ask_all(url: str, model_name: str, questions: dict[str, list[dict]], max_tokens: int):
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="demo", max_retries=0)
+
+    async def ask(model: str, prompt: str) -> tuple[str, int]:
+        reply = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=max_tokens, temperature=0)
+        return reply.choices[0].message.content.strip(), reply.usage.completion_tokens
+
+    jobs = [(task, q, target) for task, qs in questions.items() for q in qs for target in (task, model_name)]
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(ask(target, q["prompt"]) for task, q, target in jobs))
+    wall = time.perf_counter() - start
+    await client.close()
+    return jobs, answers, wall
+
+
+def run_demo(model_name: str = DEFAULT_MODEL, steps: int = 30, r: int = 16, lr: float = 3e-3, batch_size: int = 8,
+             max_seconds: float = 120.0, n_eval: int = 8, max_tokens: int = 16, seed: int = 0) -> dict:
+    import uvicorn
+
+    from ..engine import Engine
+    from ..server.app import ServerConfig, create_app
+
+    start = time.perf_counter()
+    tenants = {task: train_tenant(model_name, task, steps, r, lr, batch_size, seed, max_seconds) for task in TASKS}
+    backbone = load_backbone(model_name)
+    engine = Engine(backbone.model, backbone.tokenizer, max_batch=64)
+    for name, path in tenants.items():
+        engine.add_adapter(name, path)
+    app = create_app(engine, ServerConfig(model_name=model_name))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    print(f"\nserver up on http://127.0.0.1:{port}/v1 with tenants {list(tenants)} + base {model_name!r}")
+    questions = {task: TASKS[task].records(n_eval, seed + 1, True) for task in TASKS}
+    try:
+        jobs, answers, wall = asyncio.run(_ask_all(f"http://127.0.0.1:{port}/v1", model_name, questions,
+                                                   max_tokens))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    print("server shut down cleanly" if not thread.is_alive() else "server did not stop in 30 s")
+    by = {(task, q["prompt"], target): answer for (task, q, target), answer in zip(jobs, answers)}
+    summary = {}
+    for task, qs in questions.items():
+        print(f"\n== tenant {task!r} ({TASKS[task].description}) ==")
+        print(f"{'prompt':<46} | {'gold':<9} | {'base model':<34} | tenant")
+        hits = {"base": 0, "tenant": 0}
+        for q in qs:
+            base, tenant = by[(task, q["prompt"], model_name)][0], by[(task, q["prompt"], task)][0]
+            hits["base"] += answer_matches(base, q["completion"])
+            hits["tenant"] += answer_matches(tenant, q["completion"])
+            print(f"{textwrap.shorten(q['prompt'].split(chr(10))[-1], 46):<46} | {q['completion']:<9} | "
+                  f"{textwrap.shorten(base, 34):<34} | {textwrap.shorten(tenant, 30)}")
+        summary[task] = {k: v / len(qs) for k, v in hits.items()}
+        print(f"held-out accuracy: base {summary[task]['base']:.0%}, tenant {summary[task]['tenant']:.0%}")
+    tokens = sum(n for _, n in answers)
+    print(f"\n{len(answers)} concurrent requests ({len(TASKS)} tenants + base, mixed in one batch): {tokens} tokens "
+          f"in {wall:.1f}s = {tokens / wall:.1f} tokens/s, {len(answers) / wall:.1f} requests/s")
     print(f"demo finished in {time.perf_counter() - start:.0f}s")
-    return {"base_accuracy": base_acc, "para_accuracy": para_acc, "losses": losses}
+    return {"accuracy": summary, "tokens_per_second": tokens / wall}

@@ -31,3 +31,21 @@ __all__ = [
     "split_prompt_response",
     "split_validation",
 ]
+
+# The training API behind ``paratune train`` (HF Trainer based) and its bi-level variant.
+from paratune.training.bilevel import BilevelTrainer, activation_parameters, is_activation_parameter  # noqa: E402
+from paratune.training.config import METHODS, TrainConfig  # noqa: E402
+from paratune.training.trainer import MetricsCallback, TrainResult, build_peft_model, last_checkpoint, train  # noqa: E402
+
+__all__ += [
+    "METHODS",
+    "BilevelTrainer",
+    "MetricsCallback",
+    "TrainConfig",
+    "TrainResult",
+    "activation_parameters",
+    "build_peft_model",
+    "is_activation_parameter",
+    "last_checkpoint",
+    "train",
+]

@@ -199,8 +199,13 @@ class _WithoutPromptMask(ParaDataCollator):
 def _training_arguments(cfg: TrainConfig, output: Path) -> TrainingArguments:
     from transformers.integrations import is_tensorboard_available
 
+    from transformers.utils import is_torch_bf16_gpu_available
+
     evaluate = bool(cfg.eval_data)
+    # Without any GPU, bf16 means CPU autocast, which the Trainer only accepts with use_cpu=True.
+    cpu_bf16 = cfg.bf16 and not torch.cuda.is_available() and not is_torch_bf16_gpu_available()
     return TrainingArguments(
+        use_cpu=cpu_bf16,
         output_dir=str(output),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -264,7 +269,7 @@ class MetricsCallback(TrainerCallback):
         if state.epoch is not None:
             record["epoch"] = state.epoch
         for key, value in logs.items():
-            if key in _SKIPPED_LOG_KEYS and "loss" in logs or key == "epoch" or not isinstance(value, (int, float)):
+            if (key in _SKIPPED_LOG_KEYS and "loss" in logs) or key == "epoch" or not isinstance(value, (int, float)):
                 continue
             record["lr" if key == "learning_rate" else key] = value if math.isfinite(value) else None
         if "loss" in logs:
