@@ -3,7 +3,10 @@ its chat template. Tiny models are in tests/tiny_models.py."""
 
 from __future__ import annotations
 
+import peft
 import pytest
+import torch
+import transformers
 from transformers import AutoTokenizer
 
 from paratune.models import DEFAULT_MODEL, cache_dir, load_backbone
@@ -34,3 +37,22 @@ def plain_tokenizer(tokenizer_folder):
 @pytest.fixture(params=["chat_template", "no_template"])
 def tokenizer(request, chat_tokenizer, plain_tokenizer):
     return chat_tokenizer if request.param == "chat_template" else plain_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, chat_tokenizer):
+    """A tiny Llama saved with the real SmolLM2 tokenizer (``model``) and a PARA adapter for it (``tenant``)."""
+    from paratune import ParaConfig
+    from tests.tiny_models import LLAMA_LIKE, randomize_adapter
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(chat_tokenizer), **LLAMA_LIKE, tie_word_embeddings=False,
+                                      eos_token_id=chat_tokenizer.eos_token_id)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(root / "model")
+    chat_tokenizer.save_pretrained(root / "model")
+    para = peft.get_peft_model(model, ParaConfig())
+    randomize_adapter(para, scale=0.5)
+    para.save_pretrained(root / "tenant")
+    return root

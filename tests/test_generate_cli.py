@@ -2,30 +2,17 @@
 
 import json
 
-import peft
 import pytest
 import torch
 import transformers
 from peft import PeftModel
 
-from paratune import ParaConfig
 from paratune.cli import main
-from tests.tiny_models import LLAMA_LIKE, randomize_adapter
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, chat_tokenizer):
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(chat_tokenizer), **LLAMA_LIKE, tie_word_embeddings=False,
-                                      eos_token_id=chat_tokenizer.eos_token_id)
-    model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(root / "model")
-    chat_tokenizer.save_pretrained(root / "model")
-    para = peft.get_peft_model(model, ParaConfig())
-    randomize_adapter(para, scale=0.5)
-    para.save_pretrained(root / "tenant")
-    return root
+@pytest.fixture()
+def folder(tiny_folder):
+    return tiny_folder
 
 
 def test_prompts_file_runs_in_one_batch_and_keeps_order(folder, tmp_path, chat_tokenizer):

@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate.add_parser(commands)
 
+    from . import evaluate
     from .server import cli as serve_cli
+
+    evaluate.add_parser(commands)
 
     serve_cli.add_parser(commands)
 
