@@ -39,9 +39,9 @@ def test_prompts_file_runs_in_one_batch_and_keeps_order(folder, tmp_path, chat_t
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"prompt": "a"}\n{broken\n', "p.jsonl:2: not valid JSON"),
+    ('{"prompt": "a"}\n{broken\n', "p.jsonl line 2: malformed JSON"),
     ('{"prompt": "a", "adapter": "nope"}\n', "adapter 'nope' is not loaded"),
-    ('{"prompt": "a", "temperature": -1}\n', "p.jsonl:1: temperature must be in [0, 2]"),
+    ('{"prompt": "a", "temperature": -1}\n', "p.jsonl line 1: temperature must be in [0, 2]"),
     ('{"prompt": "a", "colour": 1}\n', "unknown field(s) ['colour']"),
     ('\n', "no prompts"),
 ])

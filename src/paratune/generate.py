@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .engine import Engine, Request, SamplingParams
+from .jsonl import read_jsonl
 from .models import load_backbone
 
 _SAMPLING = {f.name for f in fields(SamplingParams)}
@@ -31,20 +32,14 @@ def read_prompts_file(path: str, defaults: dict) -> list[dict]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"prompts file {path!r} does not exist")
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-            raise ValueError(f"{path}:{number}: each line needs a string field 'prompt'")
+    for where, item in read_jsonl(file):
+        if not isinstance(item.get("prompt"), str):
+            raise ValueError(f"{where}: each line needs a string field 'prompt'")
         unknown = set(item) - _SAMPLING - {"prompt", "adapter"}
         if unknown:
-            raise ValueError(f"{path}:{number}: unknown field(s) {sorted(unknown)}; allowed: prompt, adapter, "
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: prompt, adapter, "
                              f"{', '.join(sorted(_SAMPLING))}")
-        items.append({**defaults, **item, "_where": f"{path}:{number}"})
+        items.append({**defaults, **item, "_where": where})
     if not items:
         raise ValueError(f"{path}: no prompts")
     return items

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..jsonl import read_jsonl  # noqa: F401  (re-exported for the task readers)
 from typing import Any
 
 KINDS = ("multiple_choice", "generation")
@@ -95,24 +97,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} line {e.lineno}: malformed JSON: {e.msg}") from e
-
-
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """Return (where, record) pairs, where = "<path> line <n>"; blank lines are skipped."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON: {e.msg}") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            out.append((where, rec))
-    return out
 
 
 def read_json_list(path: Path) -> list[tuple[str, dict]]:

@@ -48,6 +48,8 @@ from typing import Any, Union
 import torch
 from torch.utils.data import Dataset
 
+from ..jsonl import parse_jsonl
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -160,18 +162,7 @@ def _json_list_to_records(path: Path, data: Any) -> list[Record]:
 
 
 def _parse_jsonl(path: Path, text: str) -> list[Record]:
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(item, dict):
-            raise ValueError(f"{path} line {lineno}: expected a JSON object, got a JSON {_json_type(item)}")
-        out.append(Record(item, source=f"{path} line {lineno}"))
-    return out
+    return [Record(item, source=where) for where, item in parse_jsonl(text, path)]
 
 
 def _json_type(value: Any) -> str:
