@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate.add_parser(commands)
 
-    from . import evaluate
+    from . import evaluate, train
     from .server import cli as serve_cli
 
+    train.add_parser(commands)
     evaluate.add_parser(commands)
 
     serve_cli.add_parser(commands)

@@ -35,7 +35,13 @@ __all__ = [
 # The training API behind ``paratune train`` (HF Trainer based) and its bi-level variant.
 from paratune.training.bilevel import BilevelTrainer, activation_parameters, is_activation_parameter  # noqa: E402
 from paratune.training.config import METHODS, TrainConfig  # noqa: E402
-from paratune.training.trainer import MetricsCallback, TrainResult, build_peft_model, last_checkpoint, train  # noqa: E402
+from paratune.training.trainer import (  # noqa: E402
+    MetricsCallback,
+    TrainResult,
+    build_peft_model,
+    last_checkpoint,
+    train,
+)
 
 __all__ += [
     "METHODS",

@@ -58,7 +58,7 @@ _APPLIES_TO = {
 class TrainConfig:
     """Everything ``paratune.training.train`` needs; validated on construction (ValueError naming the field)."""
 
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Backbone: the embedded default, a folder or a hub id."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Backbone: embedded default, folder or hub id."})
     data: list[str] = field(default_factory=list, metadata={"help": "Training data files/folders (required)."})
     format: str = field(default="alpaca", metadata={"help": f"Record format, one of {FORMATS}."})
     method: str = field(default="para", metadata={"help": f"Adapter method, one of {METHODS}."})
@@ -139,7 +139,9 @@ class TrainConfig:
         _positive_int("grad_accum", self.grad_accum)
         _positive_int("max_length", self.max_length)
         if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (a prompt token and a response token), got {self.max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (a prompt token and a response token), got {self.max_length}"
+            )
         _positive_int("eval_steps", self.eval_steps, optional=True)
         if self.eval_steps is not None and not self.eval_data:
             raise ValueError(f"eval_steps={self.eval_steps} needs eval_data (no evaluation data was given)")
@@ -156,12 +158,14 @@ class TrainConfig:
         if self.bilevel:
             if self.method != "para":
                 raise ValueError(
-                    f"bilevel applies to method 'para' only (it trains PARA's rational activation), got method={self.method!r}"
+                    "bilevel applies to method 'para' only (it trains PARA's rational activation), "
+                    f"got method={self.method!r}"
                 )
             activation = self.activation or DEFAULT_ACTIVATION
             if activation != "rational":
                 raise ValueError(
-                    f"bilevel needs activation='rational' (the learned coefficients it trains), got activation={activation!r}"
+                    "bilevel needs activation='rational' (the learned coefficients it trains), "
+                    f"got activation={activation!r}"
                 )
 
     # ------------------------------------------------------------------------------------------------

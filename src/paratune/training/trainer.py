@@ -64,8 +64,13 @@ def train(config: TrainConfig, backbone: Any = None, callbacks: Sequence[Trainer
     """Train an adapter as ``config`` says and save it to ``config.output``.
 
     ``backbone`` is an already loaded ``paratune.models.Backbone`` or a ``(model, tokenizer)`` pair (tests,
-    notebooks); by default ``paratune.models.load_backbone(config.model)`` loads it. Extra ``callbacks`` are
-    handed to the Trainer.
+    notebooks; the model is wrapped in place by PEFT); by default ``paratune.models.load_backbone(config.model)``
+    loads it. Extra ``callbacks`` are handed to the Trainer.
+
+    Raises ValueError for bad settings or data (empty data set, every record too long, an ``output`` that
+    already holds a run while ``resume`` is False, LoRA/IA3 ``targets`` missing from the model) and
+    FileNotFoundError for missing data paths. ``bf16`` is autocast mixed precision: weights stay in the
+    backbone's dtype (fp32 from ``load_backbone``).
     """
     config.validate()
     cfg = config.resolved()
@@ -110,8 +115,10 @@ def train(config: TrainConfig, backbone: Any = None, callbacks: Sequence[Trainer
         trainer = Trainer(**trainer_kwargs)
 
     trainer.train(resume_from_checkpoint=checkpoint)
-    if eval_dataset is not None:
-        trainer.evaluate()
+    step = trainer.state.global_step
+    evaluated = any("eval_loss" in e and e.get("step") == step for e in trainer.state.log_history)
+    if eval_dataset is not None and not evaluated:
+        trainer.evaluate()  # a final evaluation, unless eval_steps just did it
     if trainer.is_world_process_zero():
         _save_final(trainer.model, tokenizer, cfg, output)
     if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -131,11 +138,13 @@ def train(config: TrainConfig, backbone: Any = None, callbacks: Sequence[Trainer
 
 
 def build_peft_model(model: torch.nn.Module, config: TrainConfig):
-    """Wrap ``model`` with a fresh trainable adapter for ``config.method`` (call on a resolved config)."""
+    """Wrap ``model`` (in place, as PEFT does) with a fresh trainable adapter for ``config.method``; method
+    defaults (``r``, ``pooling``, ...) are filled in as ``TrainConfig.resolved`` says."""
     import peft
 
     from ..para import ParaConfig
 
+    config = config.resolved()
     method = config.method
     if method == "para":
         kwargs = {"targets": config.targets} if config.targets else {}
@@ -199,13 +208,12 @@ class _WithoutPromptMask(ParaDataCollator):
 def _training_arguments(cfg: TrainConfig, output: Path) -> TrainingArguments:
     from transformers.integrations import is_tensorboard_available
 
-    from transformers.utils import is_torch_bf16_gpu_available
-
     evaluate = bool(cfg.eval_data)
-    # Without any GPU, bf16 means CPU autocast, which the Trainer only accepts with use_cpu=True.
-    cpu_bf16 = cfg.bf16 and not torch.cuda.is_available() and not is_torch_bf16_gpu_available()
     return TrainingArguments(
-        use_cpu=cpu_bf16,
+        # Without an accelerator the Trainer needs use_cpu=True for bf16 (CPU autocast) and for several
+        # processes (torchrun on CPU: DDP over gloo); on a CPU-only machine it changes nothing else.
+        use_cpu=not _has_accelerator(),
+        dataloader_pin_memory=_has_accelerator(),
         output_dir=str(output),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -231,7 +239,16 @@ def _training_arguments(cfg: TrainConfig, output: Path) -> TrainingArguments:
         include_num_input_tokens_seen="non_padding",
         report_to=["tensorboard"] if is_tensorboard_available() else "none",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every adapter parameter takes part in every forward
     )
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
 def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
@@ -245,7 +262,8 @@ def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends one JSON line per log event to ``path`` (main process only)."""
+    """Appends one JSON line per log event to ``path`` (main process only); makes the Trainer log the last
+    step too, so the final loss is always recorded."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -261,6 +279,11 @@ class MetricsCallback(TrainerCallback):
             self.path.write_text("".join(line + "\n" for line in kept))
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:  # always log the last step (on every rank: logging gathers)
+            control.should_log = True
+        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -292,9 +315,10 @@ def _line_step(line: str) -> float:
 # ------------------------------------------------------------------------------ checkpoints and output
 
 
-def last_checkpoint(output: Path) -> Optional[Path]:
+def last_checkpoint(output: str | os.PathLike) -> Optional[Path]:
     """The newest complete ``checkpoint-<step>`` folder in ``output`` (one with ``trainer_state.json``, which
     the Trainer writes last), or None."""
+    output = Path(output)
     if not output.is_dir():
         return None
     found = []
@@ -319,7 +343,7 @@ def _resume_checkpoint(output: Path, resume: bool) -> Optional[str]:
     if leftovers or (output / "adapter_config.json").exists():
         raise ValueError(
             f"output {str(output)!r} already holds a training run ({', '.join(sorted(leftovers)) or 'an adapter'}); "
-            "pass resume=True to continue it or choose another folder"
+            "pass resume=True (--resume) to continue it or choose another folder"
         )
     return None
 
@@ -328,6 +352,8 @@ def _save_final(peft_model, tokenizer, cfg: TrainConfig, output: Path) -> None:
     """save_pretrained into a temporary folder inside ``output``, then move the files in, adapter_config.json
     (what marks a folder as an adapter) last."""
     output.mkdir(parents=True, exist_ok=True)
+    for stale in output.glob(".final-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
     try:
         peft_model.save_pretrained(tmp)
