@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .models import DEFAULT_MODEL
 
@@ -28,6 +29,17 @@ def _bench_serve(args) -> int:
         output=args.output)
     summary = run(cfg, "paratune " + " ".join(sys.argv[1:]))
     print(json.dumps({shape: {k: v for k, v in s.items()} for shape, s in summary.items()}, indent=1))
+    return 0
+
+
+def _bench_quality(args) -> int:
+    from .bench.quality_bench import QualityConfig, run
+
+    cfg = QualityConfig(tasks=args.tasks.split(","), methods=args.methods.split(","),
+                        seeds=[int(s) for s in args.seeds.split(",")], multitask=not args.no_multitask,
+                        scale=args.scale, model=args.model, output=args.output)
+    run(cfg, "paratune " + " ".join(sys.argv[1:]))
+    print(Path(cfg.output, "quality.md").read_text())
     return 0
 
 
@@ -90,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="cpu or cuda")
     serve.add_argument("--output", default="docs/results")
     serve.set_defaults(func=_bench_serve)
+
+    quality = bench_kinds.add_parser(
+        "quality", help="PARA vs LoRA vs (IA)^3 vs prompt tuning on real tasks (resumable, hours on a CPU)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train every method on every task with the same code, data and seeds, evaluate on held-out "
+        "data, and write quality.md / quality.json / quality.png. Finished cells are kept in "
+        "quality_cells.jsonl and skipped on the next run, so the benchmark can be stopped and resumed.")
+    quality.add_argument("--tasks", default="sst2,boolq,arc-easy,squad", help="also: copa, openbookqa")
+    quality.add_argument("--methods", default="para,lora,ia3,prompt-tuning")
+    quality.add_argument("--seeds", default="0")
+    quality.add_argument("--no-multitask", action="store_true", help="skip the union-of-tasks adapters")
+    quality.add_argument("--scale", type=float, default=1.0, help="scale data sizes and steps (0.1 = quick look)")
+    quality.add_argument("--model", default=DEFAULT_MODEL)
+    quality.add_argument("--output", default="docs/results")
+    quality.set_defaults(func=_bench_quality)
     return parser
 
 
