@@ -11,6 +11,7 @@ row's vectors from its own prompt), then one decode step for every running row, 
 from __future__ import annotations
 
 import collections
+import gc
 import time
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class Engine:
     # ----- adapters ---------------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path) -> str:
         kind = self.bank.add(name, path)
+        # Thousands of adapters are hundreds of thousands of long-lived Python objects (modules, tensors);
+        # left in the collector's generations, every full collection during decoding walks them all.
+        gc.freeze()
         adapter = self.bank.adapters[name]
         if isinstance(adapter, ParaAdapter):
             for index in adapter.generators:
