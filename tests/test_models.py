@@ -30,8 +30,16 @@ def test_smollm2_loads_wraps_and_generates_with_prefill_once_vectors():
         assert torch.equal(peft_model.generate(**prompt, max_new_tokens=8, do_sample=False), base_answer)
     randomize_adapter(peft_model, scale=0.02)
     with torch.inference_mode():
-        out = peft_model.generate(**prompt, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-        mask = torch.zeros_like(out, dtype=torch.bool)
+        out = peft_model.generate(**prompt, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                  return_dict_in_generate=True, output_logits=True)
+        mask = torch.zeros_like(out.sequences, dtype=torch.bool)
         mask[:, : ids.shape[1]] = True
-        recomputed = peft_model(input_ids=out, para_prompt_mask=mask).logits.argmax(-1)
-    assert torch.equal(recomputed[:, ids.shape[1] - 1 : -1], out[:, ids.shape[1] :])
+        recomputed = peft_model(input_ids=out.sequences, para_prompt_mask=mask).logits[:, ids.shape[1] - 1 : -1]
+    cached = torch.stack(out.logits, dim=1)
+    # The cached decode (vectors from the prefill, reused) and the full recomputation agree in value ...
+    torch.testing.assert_close(cached, recomputed, rtol=0, atol=1e-4)
+    # ... and in the greedy choice, under the same processing generate applied (min_new_tokens bans EOS).
+    eos = torch.tensor(model.generation_config.eos_token_id).flatten()
+    recomputed = recomputed.clone()
+    recomputed[..., eos] = float("-inf")
+    assert torch.equal(recomputed.argmax(-1), out.sequences[:, ids.shape[1] :])

@@ -7,6 +7,7 @@ engine thread between steps, so the engine itself needs no locks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._listeners: dict[int, Callable[[Request, int], None]] = {}
         self._draining: set[str] = set()
+        self._in_flight: collections.Counter[str | None] = collections.Counter()  # adapter -> open streams
         self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True)
         self._thread.start()
         self.error: BaseException | None = None
@@ -93,6 +95,16 @@ class AsyncEngine:
         disconnect) cancels the request and frees its slot."""
         if request.adapter in self._draining:
             raise KeyError(f"adapter {request.adapter!r} is being unloaded")
+        # Counted on the event loop before the request reaches the engine thread, so an unload that starts now
+        # waits for it (the engine's own queues would not show it until the add command has run).
+        self._in_flight[request.adapter] += 1
+        try:
+            async for event in self._stream(request):
+                yield event
+        finally:
+            self._in_flight[request.adapter] -= 1
+
+    async def _stream(self, request: Request) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue = asyncio.Queue()
         # Snapshot what the engine thread knows now: by the time the consumer reads, the request may be further.
@@ -122,13 +134,16 @@ class AsyncEngine:
     async def add_adapter(self, name: str, path) -> str:
         return await self._run(lambda: self.engine.add_adapter(name, path))
 
+    def is_draining(self, name: str | None) -> bool:
+        return name in self._draining
+
     async def remove_adapter(self, name: str, poll: float = 0.02) -> None:
         """Stop accepting requests for ``name``, let its queued and running requests finish, then unload it."""
         if name not in self.engine.bank.adapters:
             raise KeyError(f"no adapter named {name!r}")
         self._draining.add(name)
         try:
-            while any(r.adapter == name for r in list(self.engine.running) + list(self.engine.waiting)):
+            while self._in_flight[name] > 0:
                 await asyncio.sleep(poll)
             await self._run(lambda: self.engine.remove_adapter(name))
         finally:

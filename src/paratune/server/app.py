@@ -50,7 +50,10 @@ def error_response(status: int, message: str, type_: str, param=None, code=None)
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before parsing them."""
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before parsing them.
+
+    A declared Content-Length over the limit is refused at once; a body sent without one (chunked) is read up to
+    the limit and then refused, or handed on whole to the app."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -58,21 +61,27 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_large = error_response(413, f"request body is larger than {self.limit} bytes", "invalid_request_error")
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await error_response(413, f"request body is larger than {self.limit} bytes",
-                                        "invalid_request_error")(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+            return await too_large(scope, receive, send)
+        if length is not None:
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise ApiError(413, f"request body is larger than {self.limit} bytes")
-            return message
+                return await too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
 
-        return await self.app(scope, limited_receive, send)
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
@@ -97,7 +106,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request, error: RequestValidationError):
         first = error.errors()[0]
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _is_type_tag(part)]
         if first.get("type") == "json_invalid":
             return error_response(400, f"request body is not valid JSON: {first.get('msg')}",
                                   "invalid_request_error", None, "invalid_json")
@@ -107,6 +116,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, error: StarletteHTTPException):
+        if error.status_code == 400 and error.detail == "There was an error parsing the body":
+            # FastAPI's answer when json.loads fails with other than a JSONDecodeError (bad UTF-8, deep nesting)
+            return error_response(400, "request body is not valid JSON (it must be UTF-8 JSON of modest depth)",
+                                  "invalid_request_error", None, "invalid_json")
         type_ = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return error_response(error.status_code, str(error.detail), type_)
 
@@ -127,7 +140,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     def resolve_adapter(model: str) -> str | None:
         if model == config.model_name:
             return None
-        if model in engine.bank.adapters and model not in front._draining:
+        if model in engine.bank.adapters and not front.is_draining(model):
             return model
         available = [config.model_name, *sorted(engine.bank.adapters)]
         raise ApiError(404, f"model {model!r} does not exist; available: {available}", "not_found_error",
@@ -170,7 +183,11 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 return None
-        return task.result()
+        try:
+            return task.result()
+        except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
+            raise ApiError(404, f"model {request.adapter!r} was unloaded", "not_found_error", "model",
+                           "model_not_found") from None
 
     def check_failed(request: Request) -> None:
         if request.finish_reason == "error":
@@ -198,7 +215,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         data = [{"id": config.model_name, "object": "model", "created": now, "owned_by": "paratune"}]
         data += [{"id": name, "object": "model", "created": now, "owned_by": "paratune",
                   "parent": config.model_name, "adapter_type": engine.bank.kind(name)}
-                 for name in sorted(engine.bank.adapters) if name not in front._draining]
+                 for name in sorted(engine.bank.adapters) if not front.is_draining(name)]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
@@ -288,6 +305,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                         return
                     yield "data: " + json.dumps(to_chunk(event)) + "\n\n"
                 yield "data: [DONE]\n\n"
+            except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
+                status = 404
+                yield "data: " + json.dumps({"error": {"message": f"model {request.adapter!r} was unloaded",
+                                                       "type": "not_found_error"}}) + "\n\n"
             except asyncio.CancelledError:  # client went away: the stream's finally cancelled the request
                 status = 499
                 raise
@@ -300,7 +321,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.get("/v1/adapters")
     async def list_adapters():
         return {"object": "list", "data": [{"id": n, "object": "adapter", "type": engine.bank.kind(n)}
-                                           for n in sorted(engine.bank.adapters) if n not in front._draining]}
+                                           for n in sorted(engine.bank.adapters) if not front.is_draining(n)]}
 
     @app.post("/v1/adapters")
     async def load_adapter(body: AdapterLoad):
@@ -315,12 +336,19 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.delete("/v1/adapters/{name}")
     async def unload_adapter(name: str):
-        if name not in engine.bank.adapters or name in front._draining:
+        if name not in engine.bank.adapters or front.is_draining(name):
             raise ApiError(404, f"no adapter named {name!r}", "not_found_error", "name")
         await front.remove_adapter(name)
         return {"id": name, "object": "adapter", "deleted": True}
 
     return app
+
+
+def _is_type_tag(part) -> bool:
+    """Pydantic names the branch of a union in an error's location ("str", "list[str]", "function-after[...]");
+    the API's ``param`` names only fields and indices."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "list", "dict", "none"}
+                                      or "[" in part)
 
 
 def safe_adapter_path(root: Path | None, path: str) -> Path:
