@@ -84,6 +84,22 @@ class BodyLimit:
         return await self.app(scope, replayed, send)
 
 
+class ApiKeyAuth:
+    """ASGI middleware: every /v1/ route needs ``Authorization: Bearer <key>``. (Pure ASGI rather than
+    ``@app.middleware``: Starlette's BaseHTTPMiddleware hides client disconnects from the handlers.)"""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            if dict(scope.get("headers") or []).get(b"authorization") != self.expected:
+                response = error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                          "authentication_error", None, "invalid_api_key")
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     front = AsyncEngine(engine)
     metrics = ServerMetrics()
@@ -97,6 +113,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="paratune", version="0.1.0", lifespan=lifespan)
     app.state.front, app.state.metrics, app.state.config = front, metrics, config
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKeyAuth, key=config.api_key)
 
     # ----- errors in OpenAI's shape -----------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -126,15 +144,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request, error: Exception):
         return error_response(500, f"internal error: {type(error).__name__}", "server_error")
-
-    @app.middleware("http")
-    async def _auth(request: HttpRequest, call_next):
-        if config.api_key and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            if header != f"Bearer {config.api_key}":
-                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                      "authentication_error", None, "invalid_api_key")
-        return await call_next(request)
 
     # ----- helpers ------------------------------------------------------------------------------------------
     def resolve_adapter(model: str) -> str | None:
