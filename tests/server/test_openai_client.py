@@ -4,7 +4,6 @@ import asyncio
 
 import openai
 import pytest
-import torch
 
 from paratune.engine import Engine, Request, SamplingParams
 from tests.server.conftest import API_KEY, MODEL_NAME, tiny_backbone

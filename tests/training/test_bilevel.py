@@ -9,7 +9,6 @@ import os
 import peft
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
@@ -25,30 +24,12 @@ from paratune.training.bilevel import (
 from paratune.training.config import TrainConfig
 from paratune.training.data import ParaDataCollator, build_dataset, split_validation
 from paratune.training.trainer import METRICS_FILE, train
-from tests.tiny_models import LLAMA_LIKE
+from tests.training.conftest import tiny_llama
 
 MARK = "VALMARK"
 N_RECORDS, VAL_FRACTION, SEED = 20, 0.2, 0
 FAST = dict(batch_size=4, max_length=64, logging_steps=1, warmup_ratio=0.0, lr=5e-2, bilevel_lr=1e-3)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def tiny_llama(tokenizer, seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        **{**LLAMA_LIKE, "max_position_embeddings": 512},
-        vocab_size=len(tokenizer), initializer_range=0.2, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
 def write_records(path):
@@ -175,24 +156,30 @@ def test_bilevel_alternates_and_separates_the_data(tmp_path, chat_tokenizer, spi
     assert all("bilevel_val_loss" in m for m in metrics if "loss" in m)
 
 
-def test_bilevel_resume_is_exact(tmp_path, chat_tokenizer):
-    class Killed(Exception):
-        pass
+class Killed(Exception):
+    pass
 
-    class Kill(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.global_step == 3:
-                raise Killed
 
-    train(config(tmp_path, "a", max_steps=4, save_steps=100), backbone=(tiny_llama(chat_tokenizer), chat_tokenizer))
+class KillAtStep3(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == 3:
+            raise Killed
+
+
+def straight_and_resumed(tmp_path, tokenizer) -> tuple[dict, dict]:
+    """Adapters of a straight 4-step run ("a") and of one killed after step 3 and resumed from step 2 ("b")."""
+    train(config(tmp_path, "a", max_steps=4, save_steps=100), backbone=(tiny_llama(tokenizer), tokenizer))
     with pytest.raises(Killed):
-        train(config(tmp_path, "b", max_steps=4, save_steps=2), backbone=(tiny_llama(chat_tokenizer), chat_tokenizer),
-              callbacks=[Kill()])
+        train(config(tmp_path, "b", max_steps=4, save_steps=2), backbone=(tiny_llama(tokenizer), tokenizer),
+              callbacks=[KillAtStep3()])
+    train(config(tmp_path, "b", max_steps=4, save_steps=2, resume=True), backbone=(tiny_llama(tokenizer), tokenizer))
+    return (load_file(tmp_path / "a" / "adapter_model.safetensors"),
+            load_file(tmp_path / "b" / "adapter_model.safetensors"))
+
+
+def test_bilevel_resume_is_exact(tmp_path, chat_tokenizer):
+    a, b = straight_and_resumed(tmp_path, chat_tokenizer)
     assert (tmp_path / "b" / "checkpoint-2" / ACTIVATION_OPTIMIZER_NAME).is_file()
-    train(config(tmp_path, "b", max_steps=4, save_steps=2, resume=True),
-          backbone=(tiny_llama(chat_tokenizer), chat_tokenizer))
-    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and any(is_activation_parameter(k) for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
@@ -204,22 +191,7 @@ def test_activation_optimizer_state_is_restored(tmp_path, chat_tokenizer, monkey
     monkeypatch.setattr(BilevelTrainer, "_save_optimizer_and_scheduler",
                         lambda self, d: super(BilevelTrainer, self)._save_optimizer_and_scheduler(d))
 
-    class Killed(Exception):
-        pass
-
-    class Kill(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.global_step == 3:
-                raise Killed
-
-    train(config(tmp_path, "a", max_steps=4, save_steps=100), backbone=(tiny_llama(chat_tokenizer), chat_tokenizer))
-    with pytest.raises(Killed):
-        train(config(tmp_path, "b", max_steps=4, save_steps=2), backbone=(tiny_llama(chat_tokenizer), chat_tokenizer),
-              callbacks=[Kill()])
-    train(config(tmp_path, "b", max_steps=4, save_steps=2, resume=True),
-          backbone=(tiny_llama(chat_tokenizer), chat_tokenizer))
-    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    a, b = straight_and_resumed(tmp_path, chat_tokenizer)
     diff = max((a[k] - b[k]).abs().max().item() for k in a if is_activation_parameter(k))
     assert diff > 1e-5
 

@@ -8,38 +8,17 @@ import os
 
 import pytest
 import torch
-import transformers
 from peft import PeftModel
 from transformers import TrainerCallback
 
 import paratune  # noqa: F401  (registers PARA with PEFT)
 from paratune.training.config import TrainConfig
 from paratune.training.trainer import METRICS_FILE, TrainResult, last_checkpoint, train
-from tests.tiny_models import LLAMA_LIKE
+from tests.training.conftest import tiny_llama
 
 WORDS = ["apple", "river", "stone", "cloud"]
 FAST = dict(batch_size=4, max_length=64, logging_steps=1, warmup_ratio=0.0)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def tiny_llama(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
-    """A 2-layer, 32-wide Llama over the tokenizer's vocabulary. initializer_range=0.2 gives hidden states
-    with enough structure for a few PARA steps to lower the loss visibly."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        **{**LLAMA_LIKE, "max_position_embeddings": 512},
-        vocab_size=len(tokenizer), initializer_range=0.2, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
 def write_records(path, n: int = 24):

@@ -44,6 +44,10 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
 def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
     return JSONResponse(status_code=status,
                         content={"error": {"message": message, "type": type_, "param": param, "code": code}})
@@ -121,6 +125,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def _api_error(request, error: ApiError):
         return error_response(error.status, error.message, error.type, error.param, error.code)
 
+    @app.exception_handler(ClientGone)
+    async def _gone(request, error: ClientGone):
+        return JSONResponse(status_code=499, content={})  # nobody reads it; nginx's code for "client closed"
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request, error: RequestValidationError):
         first = error.errors()[0]
@@ -183,8 +191,19 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         metrics.completion_tokens.labels(label).inc(len(request.output_ids))
         metrics.latency.labels(label).observe(time.perf_counter() - start)
 
+    async def run_to_end(http: HttpRequest, request: Request, start: float, endpoint: str) -> Request:
+        """Run to completion unless the client goes away (then cancel and free the slot), and count it."""
+        done = await finish(http, request)
+        if done is None:
+            observe(request, endpoint, start, 499)
+            raise ClientGone
+        if done.finish_reason == "error":
+            observe(done, endpoint, start, 500)
+            raise ApiError(500, "generation failed", "server_error")
+        observe(done, endpoint, start, 200)
+        return done
+
     async def finish(http: HttpRequest, request: Request) -> Request | None:
-        """Run to completion unless the client goes away (then cancel and free the slot)."""
         task = asyncio.create_task(front.complete(request))
         while not task.done():
             await asyncio.wait({task}, timeout=0.25)
@@ -197,10 +216,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
             raise ApiError(404, f"model {request.adapter!r} was unloaded", "not_found_error", "model",
                            "model_not_found") from None
-
-    def check_failed(request: Request) -> None:
-        if request.finish_reason == "error":
-            raise ApiError(500, "generation failed", "server_error")
 
     def token_logprobs(request: Request) -> tuple[list[str], list[float]]:
         tokens = [tokenizer.decode([t]) for t in request.output_ids[: len(request.logprobs)]]
@@ -242,12 +257,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if body.stream:
             return stream(http, request, start, "completions",
                           lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None))
-        done = await finish(http, request)
-        if done is None:
-            observe(request, "completions", start, 499)
-            return JSONResponse(status_code=499, content={})
-        check_failed(done)
-        observe(done, "completions", start, 200)
+        done = await run_to_end(http, request, start, "completions")
         logprobs = None
         if done.params.logprobs:
             tokens, values = token_logprobs(done)
@@ -281,12 +291,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 return chunk(delta, FINISH.get(ev.finish_reason) if ev.finish_reason else None)
 
             return stream(http, request, start, "chat", event)
-        done = await finish(http, request)
-        if done is None:
-            observe(request, "chat", start, 499)
-            return JSONResponse(status_code=499, content={})
-        check_failed(done)
-        observe(done, "chat", start, 200)
+        done = await run_to_end(http, request, start, "chat")
         logprobs = None
         if done.params.logprobs:
             tokens, values = token_logprobs(done)
