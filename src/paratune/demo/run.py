@@ -28,8 +28,9 @@ from .tasks import TASKS, answer_matches
 
 
 def train_tenant(model_name: str, task: str, steps: int, r: int, lr: float, batch_size: int, seed: int,
-                 max_seconds: float) -> Path:
-    """Train (or reuse from the cache) one tenant's PARA adapter; returns its folder."""
+                 max_seconds: float | None) -> Path:
+    """Train (or reuse from the cache) one tenant's PARA adapter; returns its folder. An adapter cut short by
+    ``max_seconds`` is used for this run but not cached (its folder name promises ``steps`` steps)."""
     slug = model_name.replace("/", "_")
     folder = cache_dir() / "demo" / f"{slug}-{task}-r{r}-steps{steps}-lr{lr}-bs{batch_size}-seed{seed}"
     if (folder / "adapter_model.safetensors").is_file():
@@ -44,6 +45,11 @@ def train_tenant(model_name: str, task: str, steps: int, r: int, lr: float, batc
                          max_seconds=max_seconds, desc=f"training tenant {task!r}")
     print(f"tenant {task!r}: loss {losses[0]:.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f} "
           f"in {len(losses)} steps")
+    if len(losses) < steps:
+        print(f"tenant {task!r}: stopped by --max-seconds after {len(losses)} of {steps} steps; not cached")
+        short = Path(tempfile.mkdtemp(prefix=f"paratune-demo-{task}-"))
+        model.save_pretrained(short)
+        return short
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     model.save_pretrained(tmp)
@@ -78,7 +84,7 @@ async def _ask_all(url: str, model_name: str, questions: dict[str, list[dict]], 
 
 
 def run_demo(model_name: str = DEFAULT_MODEL, steps: int = 30, r: int = 16, lr: float = 3e-3, batch_size: int = 8,
-             max_seconds: float = 120.0, n_eval: int = 8, max_tokens: int = 16, seed: int = 0) -> dict:
+             max_seconds: float | None = None, n_eval: int = 8, max_tokens: int = 16, seed: int = 0) -> dict:
     import uvicorn
 
     from ..engine import Engine
