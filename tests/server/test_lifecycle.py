@@ -21,8 +21,11 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class SlowEngine(Engine):
+    queue_depths: list[int] = []
+
     def step(self):
         time.sleep(STEP_SECONDS)
+        self.queue_depths.append(len(self.waiting) - (self.max_batch - len(self.running)))  # beyond free slots
         return super().step()
 
 
@@ -129,6 +132,7 @@ def test_hot_unload_and_reload_while_requests_run_loses_none(slow, chat_tokenize
 
 def test_full_queue_answers_429_and_every_admitted_request_finishes(slow):
     assert wait_until(lambda: idle(slow))
+    slow.engine.queue_depths = []
 
     async def run():
         async with httpx.AsyncClient(base_url=slow.url, headers=AUTH, timeout=60) as client:
@@ -143,6 +147,8 @@ def test_full_queue_answers_429_and_every_admitted_request_finishes(slow):
     codes = [r.status_code for r in responses]
     assert set(codes) == {200, 429}, codes
     assert codes.count(200) >= 10  # 4 running + 6 queued at least
+    # The queue never held more than its 6 places (requests leaving free places, so more than 10 may pass).
+    assert max(slow.engine.queue_depths) <= 6
     refused = [r.json()["error"] for r in responses if r.status_code == 429]
     assert all(e["type"] == "rate_limit_error" and "queue is full" in e["message"] for e in refused)
     assert all(r.json()["usage"]["completion_tokens"] == 12 for r in responses if r.status_code == 200)

@@ -35,7 +35,7 @@ class SamplingParams:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests with the same fields are still two requests
 class Request:
     prompt_ids: list[int]
     adapter: str | None = None  # None = the base model

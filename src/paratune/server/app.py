@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,14 +172,26 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               top_k=body.top_k, seed=body.seed, stop=body.stop or [], logprobs=logprobs)
 
+    # Every request accepted and not yet finished, including those still on their way to the engine thread
+    # (which the engine's own queue does not show yet). Weak, so a response dropped before it started cannot
+    # hold a place in the queue forever.
+    admitted: weakref.WeakSet[Request] = weakref.WeakSet()
+
+    def queued() -> int:
+        """Requests beyond the batch's slots (a request the KV budget holds back while a slot is free is not
+        counted: the budget frees up as running requests finish)."""
+        return max(0, sum(1 for r in list(admitted) if not r.finished) - engine.max_batch)
+
     def admit(ids: list[int], adapter: str | None, params: SamplingParams, param: str) -> Request:
         if len(ids) > config.max_prompt_tokens:
             raise ApiError(400, f"prompt is {len(ids)} tokens; the limit is {config.max_prompt_tokens}",
                            param=param, code="context_length_exceeded")
-        if len(engine.waiting) >= config.queue_size:
+        if queued() >= config.queue_size:
             raise ApiError(429, f"the queue is full ({config.queue_size} requests waiting); retry later",
                            "rate_limit_error", None, "queue_full")
-        return Request(ids, adapter, params)
+        request = Request(ids, adapter, params)
+        admitted.add(request)
+        return request
 
     def usage(request: Request) -> dict:
         return {"prompt_tokens": len(request.prompt_ids), "completion_tokens": len(request.output_ids),
@@ -224,11 +237,11 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     # ----- endpoints --------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "running": len(engine.running), "waiting": len(engine.waiting)}
+        return {"status": "ok", "running": len(engine.running), "waiting": queued()}
 
     @app.get("/metrics")
     async def prometheus():
-        metrics.queue_depth.set(len(engine.waiting))
+        metrics.queue_depth.set(queued())
         metrics.running.set(len(engine.running))
         metrics.active_adapters.set(len(engine.bank.adapters))
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
