@@ -173,3 +173,26 @@ def test_evaluate_generation(tokenizer, biased_model):
     assert res["response_loss"] > 0
     res = evaluate(model, tokenizer, "file", [Example(id="f", prompt="p", answer="77")], max_new_tokens=2)
     assert res["exact_match"] == 1.0 and res["predictions"][0] == {"id": "f", "prediction": "77", "gold": "77", "correct": True}
+
+
+def test_prompt_tuning_logits_of_virtual_tokens_are_skipped(tokenizer):
+    """PEFT's prompt tuning prepends virtual tokens and returns their logits too; scoring must read the logits of
+    the real tokens: the loss equals one computed by hand from the last T logits, and differs from the base's."""
+    import peft
+
+    from tests.tasks.conftest import make_tiny_model
+
+    ex = _mc_examples()[:1]
+    base = make_tiny_model(len(tokenizer), seed=0, initializer_range=0.15)
+    base_loss = response_loss(base, tokenizer, ex, batch_size=1)
+    torch.manual_seed(0)
+    model = peft.get_peft_model(base, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    model.eval()
+    p, r = encode_prompt(tokenizer, ex[0].prompt), encode_response(tokenizer, ex[0].answer)
+    ids = torch.tensor([p + r])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    assert logits.shape[0] == ids.shape[1] + 4
+    expected = F.cross_entropy(logits[4:][len(p) - 1 : -1], ids[0, len(p):])
+    assert response_loss(model, tokenizer, ex, batch_size=1) == pytest.approx(float(expected), abs=1e-5)
+    assert abs(float(expected) - base_loss) > 1e-3

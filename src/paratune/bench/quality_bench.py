@@ -121,7 +121,12 @@ def _train(cfg: QualityConfig, method: str, records: list[dict], steps: int, see
                          save_steps=10**6, logging_steps=max(1, steps // 8), **METHODS[method])
     start = time.perf_counter()
     result = train(config, backbone=backbone)
-    return backbone, result, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # Evaluate what a user gets: the saved adapter loaded onto a fresh backbone through PEFT (prompt tuning only
+    # acts inside PeftModel.forward, so the in-place-wrapped backbone alone would be the base model).
+    backbone = load_backbone(cfg.model)
+    model = peft.PeftModel.from_pretrained(backbone.model, result.output_dir).eval()
+    return model, backbone.tokenizer, result, seconds
 
 
 def run_cell(cfg: QualityConfig, task: str, method: str, seed: int, log=print) -> dict:
@@ -131,7 +136,7 @@ def run_cell(cfg: QualityConfig, task: str, method: str, seed: int, log=print) -
     cell = {"task": task, "method": method, "seed": seed}
     if method == "base":
         backbone = load_backbone(cfg.model)
-        model, params, train_info = backbone.model, 0, {}
+        model, tokenizer, params, train_info = backbone.model, backbone.tokenizer, 0, {}
     else:
         records = [r for t in tasks for r in _records(splits[t][0])]
         random.Random(seed).shuffle(records)
@@ -139,10 +144,9 @@ def run_cell(cfg: QualityConfig, task: str, method: str, seed: int, log=print) -
         steps = max(2, int(steps * cfg.scale))
         workdir = Path(tempfile.mkdtemp(prefix="paratune-quality-"))
         try:
-            backbone, result, seconds = _train(cfg, method, records, steps, seed, workdir)
+            model, tokenizer, result, seconds = _train(cfg, method, records, steps, seed, workdir)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        model = backbone.model
         params = result.trainable_params
         train_info = {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": seconds,
                       "train_examples": len(records)}
@@ -151,7 +155,7 @@ def run_cell(cfg: QualityConfig, task: str, method: str, seed: int, log=print) -
     cell["eval"] = {}
     for t in tasks:
         start = time.perf_counter()
-        cell["eval"][t] = {**_evaluate(model, backbone.tokenizer, t, splits[t][1]),
+        cell["eval"][t] = {**_evaluate(model, tokenizer, t, splits[t][1]),
                            "eval_seconds": time.perf_counter() - start}
         log(f"[quality] {task}/{method}/seed{seed} -> {t}: " + ", ".join(
             f"{k}={v:.4f}" for k, v in cell["eval"][t].items() if isinstance(v, float)))

@@ -101,7 +101,8 @@ def _row_logprobs(
             kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
             if prompt_mask_kwarg:
                 kwargs[prompt_mask_kwarg] = prompt_mask.to(device)
-            logits = _logits(model(**kwargs))
+            # Prompt tuning (PEFT) prepends its virtual tokens and returns their logits too: keep the last T.
+            logits = _logits(model(**kwargs))[:, -T:]
             for b, i in enumerate(idx):
                 p, r = rows[i]
                 # logits at position t predict token t+1: response tokens at len(p)..len(p)+len(r)-1
