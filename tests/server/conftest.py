@@ -69,7 +69,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, threading.Thread]:
+def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, threading.Thread, object]:
     app = create_app(engine, config)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -82,17 +82,21 @@ def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, th
     return f"http://127.0.0.1:{port}", server, thread, app
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory, chat_tokenizer):
+def serve_tenants(tmp_path_factory, tokenizer, engine: Engine, **config):
+    """Write the tenants, load them into ``engine``, serve it; yields a LiveServer, stops it afterwards."""
     root = tmp_path_factory.mktemp("adapters")
-    tenants = write_tenants(chat_tokenizer, root)
-    engine = Engine(tiny_backbone(chat_tokenizer), chat_tokenizer, max_batch=32)
+    tenants = write_tenants(tokenizer, root)
     for name, path in tenants.items():
         engine.add_adapter(name, path)
-    config = ServerConfig(model_name=MODEL_NAME, api_key=API_KEY, queue_size=4096, max_prompt_tokens=256,
-                          max_completion_tokens=64, default_max_tokens=16, max_body_bytes=200_000,
-                          adapter_root=root)
+    config = ServerConfig(model_name=MODEL_NAME, api_key=API_KEY, adapter_root=root, **config)
     url, server, thread, app = start(engine, config)
     yield LiveServer(url, engine, app, root, tenants, server)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, chat_tokenizer):
+    engine = Engine(tiny_backbone(chat_tokenizer), chat_tokenizer, max_batch=32)
+    yield from serve_tenants(tmp_path_factory, chat_tokenizer, engine, queue_size=4096, max_prompt_tokens=256,
+                             max_completion_tokens=64, default_max_tokens=16, max_body_bytes=200_000)

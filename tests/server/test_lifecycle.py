@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from paratune.engine import Engine
-from paratune.server.app import ServerConfig
-from tests.server.conftest import API_KEY, MODEL_NAME, start, tiny_backbone, write_tenants
+from tests.server.conftest import API_KEY, MODEL_NAME, serve_tenants, tiny_backbone
 from tests.server.test_openai_client import offline
 
 STEP_SECONDS = 0.03
@@ -31,17 +30,8 @@ class SlowEngine(Engine):
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory, chat_tokenizer):
-    root = tmp_path_factory.mktemp("adapters")
-    tenants = write_tenants(chat_tokenizer, root)
     engine = SlowEngine(tiny_backbone(chat_tokenizer), chat_tokenizer, max_batch=4)
-    for name, path in tenants.items():
-        engine.add_adapter(name, path)
-    config = ServerConfig(model_name=MODEL_NAME, api_key=API_KEY, queue_size=6, max_completion_tokens=200,
-                          adapter_root=root)
-    url, server, thread, app = start(engine, config)
-    yield type("Slow", (), dict(url=url, engine=engine, tenants=tenants, root=root))
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serve_tenants(tmp_path_factory, chat_tokenizer, engine, queue_size=6, max_completion_tokens=200)
 
 
 def metric(url: str, name: str, **labels) -> float:
