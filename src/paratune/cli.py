@@ -33,12 +33,18 @@ def _bench_serve(args) -> int:
 
 
 def _bench_quality(args) -> int:
-    from .bench.quality_bench import QualityConfig, run
+    from .bench.quality_bench import QualityConfig, load_cells, run, write_report
 
     cfg = QualityConfig(tasks=args.tasks.split(","), methods=args.methods.split(","),
                         seeds=[int(s) for s in args.seeds.split(",")], multitask=not args.no_multitask,
                         scale=args.scale, model=args.model, output=args.output)
-    run(cfg, "paratune " + " ".join(sys.argv[1:]))
+    command = "paratune " + " ".join(sys.argv[1:])
+    if args.report_only:
+        if not load_cells(cfg):
+            raise FileNotFoundError(f"no finished cells in {Path(cfg.output) / 'quality_cells.jsonl'}")
+        write_report(cfg, command)
+    else:
+        run(cfg, command)
     print(Path(cfg.output, "quality.md").read_text())
     return 0
 
@@ -111,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "data, and write quality.md / quality.json / quality.png. Finished cells are kept in "
         "quality_cells.jsonl and skipped on the next run, so the benchmark can be stopped and resumed.")
     quality.add_argument("--tasks", default="sst2,boolq,arc-easy,squad", help="also: copa, openbookqa")
-    quality.add_argument("--methods", default="para,lora,ia3,prompt-tuning")
-    quality.add_argument("--seeds", default="0")
+    quality.add_argument("--methods", default="para,lora,ia3,prompt-tuning", help="comma-separated methods")
+    quality.add_argument("--seeds", default="0", help="comma-separated training seeds (the eval sets never change)")
     quality.add_argument("--no-multitask", action="store_true", help="skip the union-of-tasks adapters")
     quality.add_argument("--scale", type=float, default=1.0, help="scale data sizes and steps (0.1 = quick look)")
-    quality.add_argument("--model", default=DEFAULT_MODEL)
-    quality.add_argument("--output", default="docs/results")
+    quality.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
+    quality.add_argument("--output", default="docs/results", help="folder for the cells file and the report")
+    quality.add_argument("--report-only", action="store_true",
+                         help="rebuild quality.md/json/png from the finished cells without training anything")
     quality.set_defaults(func=_bench_quality)
     return parser
 

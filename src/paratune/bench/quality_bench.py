@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,17 @@ class QualityConfig:
     scale: float = 1.0  # multiplies train/eval sizes and steps (a quick look: 0.1)
     model: str = "smollm2-135m-instruct"
     output: str = "docs/results"
+
+    def __post_init__(self):
+        for name, given, known in (("task", self.tasks, DEFAULT_PLAN), ("method", self.methods, METHODS)):
+            unknown = [x for x in given if x not in known]
+            if unknown:
+                raise ValueError(f"unknown {name} {unknown[0]!r} for the quality benchmark; choose from "
+                                 + ", ".join(known))
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if not 0 < self.scale <= 10:
+            raise ValueError(f"--scale must be in (0, 10], got {self.scale}")
 
 
 def _split(task: str, seed: int, plan: TaskPlan, scale: float) -> tuple[list[Example], list[Example]]:
@@ -216,10 +228,14 @@ def write_report(cfg: QualityConfig, command: str) -> None:
         for t, scores in c["eval"].items():
             setting = "single" if c["task"] != "multitask" else "multitask"
             rows.setdefault((setting, t, c["method"]), []).append(scores)
+    planned = set(plan_cells(cfg))
+    finished = sum((c["task"], c["method"], c["seed"]) in planned for c in cells)
+    commands = Counter(c.get("command", command) for c in cells)
     lines = ["# Quality benchmark: PARA vs baselines on SmolLM2-135M-Instruct", "",
-             f"Command: `{command}`  ", f"torch {torch.__version__}, transformers {transformers.__version__}, "
-             f"peft {peft.__version__}; {torch.get_num_threads()} CPU threads. Cells finished: {len(cells)} of "
-             f"{len(plan_cells(cfg))}.", "",
+             "Produced by: " + "; ".join(f"`{cmd}` ({n} cells)" for cmd, n in commands.items()) + "  ",
+             f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+             f"{torch.get_num_threads()} CPU threads. Cells finished: {finished} of the {len(planned)} that "
+             f"`{command}` plans; {len(cells)} in all.", "",
              "Budgets (trainable parameters): " + ", ".join(f"{m} {params[m]:,}" for m in cfg.methods if m in params)
              + ". Every method: same data, seeds, steps, batch size and max length; learning rates are each "
              "method's default in `TrainConfig` (not tuned per task).", "",
