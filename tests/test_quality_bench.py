@@ -7,7 +7,7 @@ import json
 import pytest
 
 from paratune.bench import quality_bench
-from paratune.bench.quality_bench import DEFAULT_PLAN, QualityConfig, _split, load_cells, run
+from paratune.bench.quality_bench import DEFAULT_PLAN, QualityConfig, _split, load_cells, method_settings, run
 from paratune.cli import main
 from paratune.tasks.base import data_root
 
@@ -72,18 +72,29 @@ def test_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "quality.json").read_text())["cells"] == load_cells(cfg)
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
-    # --report-only rebuilds the report from the cells and trains nothing
+    # --report-only rebuilds the report from the cells and trains nothing; columns of earlier runs stay
     (tmp_path / "quality.md").unlink()
     trained.clear()
-    assert main(["bench", "quality", "--report-only", "--tasks", "sst2,boolq", "--methods", "para",
+    assert main(["bench", "quality", "--report-only", "--tasks", "sst2,boolq", "--methods", "lora",
                  "--seeds", "0,1", "--scale", "0.02", "--output", str(tmp_path)]) == 0
-    assert not trained and "| sst2 |" in (tmp_path / "quality.md").read_text()
+    rebuilt = (tmp_path / "quality.md").read_text()
+    assert not trained and "| task | base | para |" in rebuilt and "lora" not in rebuilt.split("Budgets")[1]
+    assert rebuilt.split("Budgets")[1] == report.split("Budgets")[1]  # the same tables
+    assert "Cells finished: 2 of the 8 that `paratune bench quality --report-only --tasks sst2,boolq --methods " \
+        f"lora --seeds 0,1 --scale 0.02 --output {tmp_path}` plans; 8 in all" in rebuilt
+
+
+def test_method_overrides():
+    assert method_settings("lora") == {"method": "lora", "r": 24, "targets": ["q_proj", "v_proj"]}
+    assert method_settings("para@lr=3e-3@r=8") == {"method": "para", "r": 8, "lr": 0.003}
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--tasks", "sst2,nope"], "unknown task 'nope'"),
     (["--methods", "para,dora"], "unknown method 'dora'"),
     (["--scale", "0"], "--scale must be in (0, 10]"),
+    (["--methods", "lora@lr=fast"], "bad override 'lr=fast' in 'lora@lr=fast': 'fast' is not a float"),
+    (["--methods", "lora@alpha=8"], "bad override 'alpha=8' in 'lora@alpha=8': use lr=<float> or r=<int>"),
 ])
 def test_bad_flags_are_refused_before_any_training(argv, words, tmp_path, capsys):
     assert main(["bench", "quality", *argv, "--output", str(tmp_path)]) == 2

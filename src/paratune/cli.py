@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _bench_serve(args) -> int:
         prefill_batch=args.prefill_batch, many_adapters=args.many_adapters,
         peft_reference=not args.no_peft_reference, profile=not args.no_profile, device=args.device,
         output=args.output)
-    summary = run(cfg, "paratune " + " ".join(sys.argv[1:]))
+    summary = run(cfg, shlex.join(["paratune", *args.argv]))
     print(json.dumps({shape: {k: v for k, v in s.items()} for shape, s in summary.items()}, indent=1))
     return 0
 
@@ -38,7 +39,7 @@ def _bench_quality(args) -> int:
     cfg = QualityConfig(tasks=args.tasks.split(","), methods=args.methods.split(","),
                         seeds=[int(s) for s in args.seeds.split(",")], multitask=not args.no_multitask,
                         scale=args.scale, model=args.model, output=args.output)
-    command = "paratune " + " ".join(sys.argv[1:])
+    command = shlex.join(["paratune", *args.argv])
     if args.report_only:
         if not load_cells(cfg):
             raise FileNotFoundError(f"no finished cells in {Path(cfg.output) / 'quality_cells.jsonl'}")
@@ -130,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, for reports that name the command behind their numbers
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:

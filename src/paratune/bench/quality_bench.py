@@ -45,6 +45,28 @@ METHODS = {
     "prompt-tuning": {"method": "prompt-tuning", "num_virtual_tokens": 20},
 }
 
+# A method may carry overrides after "@" (e.g. "lora@lr=1e-3", "para@r=8@lr=3e-3"): a learning-rate or width
+# check runs as its own column, and its cells never mix with the default method's cells.
+OVERRIDES = {"lr": float, "r": int}
+
+
+def method_settings(method: str) -> dict:
+    """TrainConfig fields of a benchmark method name such as "para" or "lora@lr=1e-3"."""
+    name, *overrides = method.split("@")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} for the quality benchmark; choose from " + ", ".join(METHODS))
+    settings = dict(METHODS[name])
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in OVERRIDES or not value:
+            raise ValueError(f"bad override {item!r} in {method!r}: use " + " or ".join(
+                f"{k}=<{t.__name__}>" for k, t in OVERRIDES.items()))
+        try:
+            settings[key] = OVERRIDES[key](value)
+        except ValueError:
+            raise ValueError(f"bad override {item!r} in {method!r}: {value!r} is not a {OVERRIDES[key].__name__}")
+    return settings
+
 
 @dataclass
 class TaskPlan:
@@ -77,11 +99,12 @@ class QualityConfig:
     output: str = "docs/results"
 
     def __post_init__(self):
-        for name, given, known in (("task", self.tasks, DEFAULT_PLAN), ("method", self.methods, METHODS)):
-            unknown = [x for x in given if x not in known]
-            if unknown:
-                raise ValueError(f"unknown {name} {unknown[0]!r} for the quality benchmark; choose from "
-                                 + ", ".join(known))
+        unknown = [t for t in self.tasks if t not in DEFAULT_PLAN]
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r} for the quality benchmark; choose from "
+                             + ", ".join(DEFAULT_PLAN))
+        for method in self.methods:
+            method_settings(method)
         if not self.seeds:
             raise ValueError("give at least one seed")
         if not 0 < self.scale <= 10:
@@ -130,7 +153,7 @@ def _train(cfg: QualityConfig, method: str, records: list[dict], steps: int, see
     backbone = load_backbone(cfg.model)
     config = TrainConfig(model=cfg.model, data=[str(data)], format="prompt-completion", output=str(workdir / "run"),
                          max_steps=steps, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed,
-                         save_steps=10**6, logging_steps=max(1, steps // 8), **METHODS[method])
+                         save_steps=10**6, logging_steps=max(1, steps // 8), **method_settings(method))
     start = time.perf_counter()
     result = train(config, backbone=backbone)
     seconds = time.perf_counter() - start
@@ -221,7 +244,9 @@ def _main_metric(task: str, scores: dict) -> tuple[str, float]:
 def write_report(cfg: QualityConfig, command: str) -> None:
     cells = [c for c in load_cells(cfg) if c.get("scale") == cfg.scale]
     out = Path(cfg.output)
-    methods = ["base", *cfg.methods]
+    # every method with a finished cell, in the order this run names them, then the others (earlier runs)
+    methods = list(dict.fromkeys(["base", *cfg.methods, *(c["method"] for c in cells)]))
+    methods = [m for m in methods if any(c["method"] == m for c in cells)]
     rows, params = {}, {}
     for c in cells:
         params[c["method"]] = c["params"]
@@ -236,9 +261,9 @@ def write_report(cfg: QualityConfig, command: str) -> None:
              f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
              f"{torch.get_num_threads()} CPU threads. Cells finished: {finished} of the {len(planned)} that "
              f"`{command}` plans; {len(cells)} in all.", "",
-             "Budgets (trainable parameters): " + ", ".join(f"{m} {params[m]:,}" for m in cfg.methods if m in params)
+             "Budgets (trainable parameters): " + ", ".join(f"{m} {params[m]:,}" for m in methods if m != "base")
              + ". Every method: same data, seeds, steps, batch size and max length; learning rates are each "
-             "method's default in `TrainConfig` (not tuned per task).", "",
+             "method's default in `TrainConfig` (not tuned per task) unless the column names one (`@lr=`).", "",
              "Per task: accuracy (SQuAD: F1 / exact match) on held-out examples, and the mean loss on the gold "
              "response tokens (lower is better). Mean over seeds, with the spread (min-max) when >1 seed.", ""]
     for setting in ("single", "multitask"):
