@@ -244,15 +244,14 @@ def _main_metric(task: str, scores: dict) -> tuple[str, float]:
 def write_report(cfg: QualityConfig, command: str) -> None:
     cells = [c for c in load_cells(cfg) if c.get("scale") == cfg.scale]
     out = Path(cfg.output)
-    # every method with a finished cell, in the order this run names them, then the others (earlier runs)
-    methods = list(dict.fromkeys(["base", *cfg.methods, *(c["method"] for c in cells)]))
-    methods = [m for m in methods if any(c["method"] == m for c in cells)]
     rows, params = {}, {}
     for c in cells:
         params[c["method"]] = c["params"]
         for t, scores in c["eval"].items():
             setting = "single" if c["task"] != "multitask" else "multitask"
             rows.setdefault((setting, t, c["method"]), []).append(scores)
+    # every method with a finished cell (the keys of params), in the order this run names them, then the rest
+    methods = [m for m in dict.fromkeys(["base", *cfg.methods, *params]) if m in params]
     planned = set(plan_cells(cfg))
     finished = sum((c["task"], c["method"], c["seed"]) in planned for c in cells)
     commands = Counter(c.get("command", command) for c in cells)
