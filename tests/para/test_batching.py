@@ -145,7 +145,7 @@ def test_empty_prompt_row_is_refused():
     peft_model = two_adapter_model()
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[1] = False
-    with pytest.raises(ValueError, match="at least one prompt token"):
+    with pytest.raises(ValueError, match="at least one prompt token for PARA to pool over; row 1 has none"):
         peft_model(input_ids=torch.ones(2, 5, dtype=torch.long), para_prompt_mask=mask)
 
 

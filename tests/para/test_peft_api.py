@@ -71,7 +71,9 @@ def test_add_adapter_keeps_the_first_one_trainable_only_when_active():
 def test_only_para_parameters_get_gradients():
     peft_model = trained()
     peft_model.train()
-    peft_model(input_ids=IDS, labels=IDS).loss.backward()
+    labels = IDS.clone()
+    labels[:, :4] = -100  # a completion-only loss: the first 4 tokens are the prompt PARA pools
+    peft_model(input_ids=IDS, labels=labels).loss.backward()
     with_grad = {n for n, p in peft_model.named_parameters() if p.grad is not None}
     para = {n for n, p in peft_model.named_parameters() if ".para.generators." in n}
     assert with_grad == para
@@ -82,6 +84,7 @@ def test_only_para_parameters_get_gradients():
 def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     prompt_mask = torch.zeros_like(IDS, dtype=torch.bool)
     prompt_mask[:, :4] = True
+    labels = IDS.masked_fill(prompt_mask, -100)
     grads = []
     for checkpointing in (False, True):
         model = tiny_model("llama")
@@ -92,9 +95,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
         peft_model.train()
         if checkpointing and use_reentrant:
             with pytest.warns(UserWarning, match="non-reentrant"):
-                peft_model(input_ids=IDS, labels=IDS, para_prompt_mask=prompt_mask).loss.backward()
+                peft_model(input_ids=IDS, labels=labels, para_prompt_mask=prompt_mask).loss.backward()
         else:
-            peft_model(input_ids=IDS, labels=IDS, para_prompt_mask=prompt_mask).loss.backward()
+            peft_model(input_ids=IDS, labels=labels, para_prompt_mask=prompt_mask).loss.backward()
         grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:

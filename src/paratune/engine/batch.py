@@ -21,7 +21,8 @@ from .request import Request
 class RowTensors:
     """Per-row adapter tensors, one entry per hooked module.
 
-    scales: per decoder layer, {module path in the layer: (B, 1, features)} or None (no scaled rows).
+    scales: per decoder layer, {module path in the layer: delta (B, 1, features)} or None (no scaled rows);
+        a row is scaled by 1 + delta (``para.scaling.apply_delta``).
     lora: {full module path: (A (B, r, in), B (B, out, r), scaling (B, 1, 1))}.
     """
 
@@ -99,8 +100,8 @@ def _merge_scales(old, fresh, n_old: int, n_new: int):
     merged = {}
     for path in set(old) | set(fresh):
         ref = old.get(path, fresh.get(path))
-        a = old.get(path, torch.ones(n_old, *ref.shape[1:], dtype=ref.dtype, device=ref.device))
-        b = fresh.get(path, torch.ones(n_new, *ref.shape[1:], dtype=ref.dtype, device=ref.device))
+        a = old.get(path, torch.zeros(n_old, *ref.shape[1:], dtype=ref.dtype, device=ref.device))  # delta 0
+        b = fresh.get(path, torch.zeros(n_new, *ref.shape[1:], dtype=ref.dtype, device=ref.device))
         merged[path] = torch.cat([a, b])
     return merged
 

@@ -239,9 +239,9 @@ class Engine:
                 for path, (vector, side) in adapter.vectors.items():
                     index, site = self._ia3_site(path, vector, side)
                     scales = tensors.scales[index] = tensors.scales[index] or {}
-                    if site.module not in scales:
-                        scales[site.module] = vector.new_ones(n, 1, vector.numel())
-                    scales[site.module][row, 0] = vector
+                    if site.module not in scales:  # scales hold deltas: (IA)^3's l is 1 + (l - 1)
+                        scales[site.module] = vector.new_zeros(n, 1, vector.numel())
+                    scales[site.module][row, 0] = vector - 1
         return tensors
 
     def _para_prefill(self, requests: list[Request], mask: torch.Tensor, tensors: RowTensors):
@@ -263,15 +263,15 @@ class Engine:
                 out = stack(hidden[select], mask[select], torch.tensor([k for k in idx if k >= 0],
                                                                         device=hidden.device))
                 for target, v in out.items():
-                    full = vectors.setdefault(target, v.new_ones(len(names), v.shape[1]))
+                    full = vectors.setdefault(target, v.new_zeros(len(names), v.shape[1]))
                     full[select] = v
             if not vectors:
                 return
             sites = resolve_sites(self.model, self.bank.layers[index], list(vectors))
             scales = module_scales(self.bank.layers[index], sites, vectors, dtype)
             existing = tensors.scales[index] or {}
-            for path, scale in scales.items():
-                existing[path] = existing[path] * scale if path in existing else scale
+            for path, delta in scales.items():  # (1 + a)(1 + b) = 1 + (a + b + a b): PARA on top of (IA)^3
+                existing[path] = existing[path] + delta + existing[path] * delta if path in existing else delta
             tensors.scales[index] = existing
             self.hooks.scalers[index].scales = existing
 

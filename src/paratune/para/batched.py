@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .generator import VectorGenerator, pool_prompt
+from .rational import rational
 
 
 class StackedGenerators:
@@ -56,30 +57,21 @@ class StackedGenerators:
                     self.denominator[i] = g.activation.denominator
 
     def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """hidden (B, T, d), mask (B, T), index (B,) into the stack -> {target: 1 + delta (B, width)}."""
+        """hidden (B, T, d), mask (B, T), index (B,) into the stack -> {target: delta (B, width)}; the scaling
+        vectors are 1 + delta, applied as ``out + out * delta``."""
         hidden = hidden.to(self.down_w.dtype)
         hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
         if self.pooling == "attention":
-            scores = torch.einsum("btd,bd->bt", hidden, self.query[index]).masked_fill(~mask.bool(), float("-inf"))
+            scores = torch.einsum("btd,bd->bt", hidden, self.query[index]) * hidden.shape[-1] ** -0.5
+            scores = scores.masked_fill(~mask.bool(), float("-inf"))
             pooled = torch.einsum("bt,btd->bd", torch.softmax(scores, dim=-1), hidden)
         else:
             pooled = pool_prompt(hidden, mask, self.pooling)
         z = torch.einsum("bd,brd->br", pooled, self.down_w[index]) + self.down_b[index]
         if self.rational:
-            z = _rowwise_rational(z, self.numerator[index], self.denominator[index])
+            z = rational(z, self.numerator[index], self.denominator[index])
         else:
             z = self.activation(z)
-        out = 1.0 + torch.einsum("br,bwr->bw", z, self.up_w[index])
+        out = torch.einsum("br,bwr->bw", z, self.up_w[index])
         return dict(zip(self.widths, out.split(list(self.widths.values()), dim=-1)))
 
-
-def _rowwise_rational(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``rational.rational`` (same Horner order, so the same floats) with one coefficient set per row:
-    x (B, r), a (B, 7), b (B, 5)."""
-    p = a[:, -1:].expand_as(x)
-    for k in range(a.shape[1] - 2, -1, -1):
-        p = p * x + a[:, k: k + 1]
-    q = b[:, -1:].expand_as(x)
-    for k in range(b.shape[1] - 2, -1, -1):
-        q = q * x + b[:, k: k + 1]
-    return p / (1.0 + (q * x).abs())

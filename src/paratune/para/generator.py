@@ -16,7 +16,9 @@ def pool_prompt(
     """Pool hidden states (B, T, d) over the positions where ``mask`` (B, T) is True; returns (B, d)."""
     mask = mask.to(torch.bool)
     if pooling == "attention":
-        scores = hidden @ attention_query  # (B, T)
+        # Scaled like dot-product attention: unscaled h . w has a spread that grows with sqrt(d) (the tokens are
+        # RMS-normalised, so |h| = sqrt(d)), and on wide models one optimiser step collapsed pooling onto one token.
+        scores = (hidden @ attention_query) * hidden.shape[-1] ** -0.5  # (B, T)
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         return torch.einsum("bt,btd->bd", weights, hidden)
@@ -36,7 +38,8 @@ class VectorGenerator(nn.Module):
     """Maps a prompt's hidden states entering one layer to the deltas of that layer's scaling vectors:
     RMS-normalise each token, pool over the prompt, dropout, down (d -> r), activation, up (r -> widths).
 
-    The scaling vectors are ``1 + forward(...)``; ``up`` starts at zero so a new adapter is the identity.
+    The scaling vectors are ``1 + forward(...)``, applied as ``out + out * delta`` so low-precision models keep
+    small deltas; ``up`` starts at zero so a new adapter is the identity.
     The output of width sum(widths) is laid out in the order of ``widths`` (the canonical target order).
     """
 
@@ -58,9 +61,10 @@ class VectorGenerator(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """hidden (B, T, d), mask (B, T) bool -> {target: delta (B, width)}."""
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("every row needs at least one prompt token to pool over (a row's prompt mask is empty)")
+        """hidden (B, T, d), mask (B, T) bool -> {target: delta (B, width)}.
+
+        Every row needs at least one prompt token; ``ParaModel`` checks that once per forward (a check here
+        would cost one host sync per layer)."""
         hidden = hidden.to(self.down.weight.dtype)
         # Per-token RMS normalisation (no parameters): residual streams of real models carry "massive
         # activations" (SmolLM2-135M: single tokens reach norm 24,000, pooled norms range 1 to 2,000 across

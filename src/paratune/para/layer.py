@@ -97,10 +97,11 @@ class ParaLayer(nn.Module, BaseTunerLayer):
     def compute_row_vectors(
         self, hidden: torch.Tensor, pool_mask: torch.Tensor, adapter_names: list[str] | None
     ) -> dict[str, torch.Tensor]:
-        """Per-target scaling vectors ``1 + delta`` for each row: {target: (B, width)}.
+        """Per-target deltas of the scaling vectors ``1 + delta`` for each row: {target: (B, width)}.
 
         Rows of adapters this layer does not have (``__base__``, or an adapter restricted to other layers) and
-        targets an adapter does not scale get exactly 1.
+        targets an adapter does not scale get exactly 0. Several active adapters compose multiplicatively:
+        (1 + a)(1 + b) = 1 + (a + b + a b).
         """
         batch = hidden.shape[0]
         if pool_mask is None:
@@ -120,12 +121,13 @@ class ParaLayer(nn.Module, BaseTunerLayer):
                 deltas = self.generators[name](hidden[rows], pool_mask[rows])
                 for target, delta in deltas.items():
                     if target not in vectors:
-                        vectors[target] = torch.ones(batch, delta.shape[-1], dtype=delta.dtype, device=delta.device)
-                    vectors[target] = vectors[target].index_put((rows,), vectors[target][rows] * (1.0 + delta))
+                        vectors[target] = delta.new_zeros(batch, delta.shape[-1])
+                    previous = vectors[target][rows]
+                    vectors[target] = vectors[target].index_put((rows,), previous + delta + previous * delta)
         return vectors
 
     def set_row_vectors(self, vectors: dict[str, torch.Tensor] | None) -> None:
-        """Hand per-target vectors to the hooks (``None`` clears them)."""
+        """Hand per-target deltas to the hooks (``None`` clears them)."""
         if vectors is None:
             self.scaler.scales = None
             return

@@ -20,19 +20,40 @@ GELU_DENOMINATOR = (
 )
 
 
+# Beyond |x| = 40 (the range the GELU fit covers) the rational is not GELU-like: P has degree 6 and
+# x * Q(x) degree 5, so |R(x)| grows like (a6 / |b5|) |x| ~ 2.1 |x| on both sides (GELU tends to 0 for large
+# negative x), and R spikes where x * Q(x) nears 0 (R(400) ~ 1.3e5 with the initial coefficients). Inputs
+# normally stay far inside the range (the pooled vector is RMS-normalised, so |z| <= ||W_row|| sqrt(d) + |b|),
+# but a trained down-projection can grow, so outside it we continue as GELU does: R(40) + (x - 40) above, flat
+# at R(-40) below. Inside [-40, 40] the result is bit-for-bit the plain rational.
+RATIONAL_RANGE = 40.0
+
+
 def rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Evaluate P(x) / (1 + |x * Q'(x)|) with Horner's rule, in fp32 at least (x**6 loses bf16 precision)."""
+    """Evaluate P(x) / (1 + |x * Q'(x)|) with Horner's rule, in fp32 at least (x**6 loses bf16 precision).
+
+    ``numerator`` (7,) and ``denominator`` (5,) hold one coefficient set, or (B, 7) and (B, 5) one set per row
+    of ``x`` (B, ...): the engine evaluates many adapters' activations in one call with the same float order.
+    Outside [-RATIONAL_RANGE, RATIONAL_RANGE] the function continues like GELU (see above).
+    """
     dtype = x.dtype
     x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     a = numerator.to(x.dtype)
     b = denominator.to(x.dtype)
-    p = a[-1]
-    for coefficient in a.flip(0)[1:]:
-        p = p * x + coefficient
-    q = b[-1]
-    for coefficient in b.flip(0)[1:]:
-        q = q * x + coefficient
-    return (p / (1.0 + (q * x).abs())).to(dtype)
+    if a.dim() == 2:  # per-row coefficients: (B, k) -> (B, 1, ..., 1) broadcast over x's other dimensions
+        shape = (a.shape[0],) + (1,) * (x.dim() - 1)
+        coefficient = lambda c, k: c[:, k].reshape(shape)  # noqa: E731
+    else:
+        coefficient = lambda c, k: c[k]  # noqa: E731
+    inside = x.clamp(-RATIONAL_RANGE, RATIONAL_RANGE)
+    p = coefficient(a, a.shape[-1] - 1)
+    for k in range(a.shape[-1] - 2, -1, -1):
+        p = p * inside + coefficient(a, k)
+    q = coefficient(b, b.shape[-1] - 1)
+    for k in range(b.shape[-1] - 2, -1, -1):
+        q = q * inside + coefficient(b, k)
+    y = p / (1.0 + (q * inside).abs()) + (x - inside).clamp(min=0)
+    return y.to(dtype)
 
 
 class RationalActivation(nn.Module):

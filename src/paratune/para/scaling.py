@@ -1,8 +1,12 @@
 """Apply per-row scaling vectors to a decoder layer's projections through forward hooks.
 
 This is the only thing PARA does at decode time. ``SiteScaler`` owns the hooks of one decoder layer and the
-current scale tensors (one per hooked module, shape (B, 1, features)); whoever computed the vectors (the PEFT
-``ParaLayer`` at prefill, or the serving engine for its batch rows) hands them over with ``set``.
+current per-row deltas (one tensor per hooked module, shape (B, 1, features)); whoever computed them (the PEFT
+``ParaLayer`` at prefill, or the serving engine for its batch rows) assigns ``scales``.
+
+A scaling vector l = 1 + delta is applied as ``out + out * delta`` (one fused ``addcmul``, computed in fp32
+and rounded once), never as ``out * (1 + delta)``: in bf16, 1 + 0.001 rounds to exactly 1 and 1 + 0.005 to
+1.0078, so the adaptation, which lives entirely in delta, was lost or distorted before it reached the output.
 """
 
 from __future__ import annotations
@@ -18,25 +22,33 @@ from .arch import Site, module_features
 def module_scales(
     layer: nn.Module, sites: dict[str, Site], vectors: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """{target: (B, width)} -> {module path: (B, 1, features)}; the untargeted slices of a fused
-    projection (e.g. k inside GPT-2's c_attn) get exactly 1."""
+    """{target: delta (B, width)} -> {module path: delta (B, 1, features)}; the untargeted slices of a fused
+    projection (e.g. k inside GPT-2's c_attn) get exactly 0."""
     scales: dict[str, torch.Tensor] = {}
     for target, vector in vectors.items():
         site = sites[target]
-        features = module_features(layer.get_submodule(site.module), site.side)
+        features = getattr(site, "features", None) or module_features(layer.get_submodule(site.module), site.side)
         if site.start == 0 and site.width == features:
             scale = vector
         else:
             previous = scales.get(site.module)
-            scale = (torch.ones(vector.shape[0], features, dtype=vector.dtype, device=vector.device)
+            scale = (torch.zeros(vector.shape[0], features, dtype=vector.dtype, device=vector.device)
                      if previous is None else previous[:, 0].to(vector.dtype))
             scale = torch.cat([scale[:, : site.start], vector, scale[:, site.start + site.width:]], dim=-1)
         scales[site.module] = scale.to(dtype).unsqueeze(1)
     return scales
 
 
+def apply_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + delta)`` as ``x + x * delta``; delta (B, 1, features) broadcasts over positions. A module
+    whose output keeps a head axis (B, T, H, D), e.g. Qwen3's per-head q_norm, gets delta viewed as (B, 1, H, D)."""
+    if x.shape[-1] != delta.shape[-1] and x.dim() == 4:
+        delta = delta.view(delta.shape[0], 1, *x.shape[-2:])
+    return torch.addcmul(x, x, delta.to(x.dtype))
+
+
 class SiteScaler:
-    """Forward hooks that multiply projection outputs (or the down-projection input) by per-row scales."""
+    """Forward hooks that scale projection outputs (or the down-projection input) by per-row ``1 + delta``."""
 
     def __init__(self, layer: nn.Module, enabled: Callable[[], bool] = lambda: True):
         self.layer = layer
@@ -52,13 +64,13 @@ class SiteScaler:
         if site.side == "output":
             def scale_output(module, args, output):
                 scale = self._scale(path)
-                return output if scale is None else output * scale
+                return output if scale is None else apply_delta(output, scale)
 
             self._hooks[path] = module.register_forward_hook(scale_output)
         else:
             def scale_input(module, args):
                 scale = self._scale(path)
-                return None if scale is None else (args[0] * scale, *args[1:])
+                return None if scale is None else (apply_delta(args[0], scale), *args[1:])
 
             self._hooks[path] = module.register_forward_pre_hook(scale_input)
 
