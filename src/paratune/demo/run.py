@@ -21,6 +21,7 @@ import peft
 import torch
 
 from ..models import DEFAULT_MODEL, cache_dir, load_backbone
+from ..para.generator import GENERATOR_VERSION
 from ..para import ParaConfig
 from ..training.data import build_dataset
 from ..training.loop import train_steps
@@ -32,7 +33,8 @@ def train_tenant(model_name: str, task: str, steps: int, r: int, lr: float, batc
     """Train (or reuse from the cache) one tenant's PARA adapter; returns its folder. An adapter cut short by
     ``max_seconds`` is used for this run but not cached (its folder name promises ``steps`` steps)."""
     slug = model_name.replace("/", "_")
-    folder = cache_dir() / "demo" / f"{slug}-{task}-r{r}-steps{steps}-lr{lr}-bs{batch_size}-seed{seed}"
+    folder = cache_dir() / "demo" / (f"{slug}-{task}-r{r}-steps{steps}-lr{lr}-bs{batch_size}-seed{seed}"
+                                      f"-gen{GENERATOR_VERSION}")
     if (folder / "adapter_model.safetensors").is_file():
         print(f"tenant {task!r}: cached adapter {folder}")
         return folder

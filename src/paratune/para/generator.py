@@ -7,6 +7,10 @@ from torch import nn
 
 from .rational import RationalActivation
 
+# Bumped whenever the same saved weights would compute different vectors (caches key on it, e.g. the demo's):
+# 2 = attention-pooling scores scaled by 1/sqrt(d), rational bounded outside [-40, 40].
+GENERATOR_VERSION = 2
+
 _FIXED_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "identity": nn.Identity}
 
 
