@@ -21,6 +21,9 @@ from paratune.training import (
     split_validation,
 )
 
+CHAT_FORMATS = ("alpaca", "chat", "prompt-completion")  # multiple-choice: tests/training/test_multiple_choice.py
+assert set(CHAT_FORMATS) < set(FORMATS)
+
 # One record per format, plus the prompt messages / response text they must produce.
 RECORDS = {
     "alpaca": {"instruction": "Translate to French.", "input": "Good morning, friend.", "output": "Bonjour, mon ami."},
@@ -68,7 +71,7 @@ def _write_jsonl(path, records):
 # ------------------------------------------------------------------------------------------ encoding
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", CHAT_FORMATS)
 def test_encode_example_masks_and_labels(tokenizer, fmt):
     ex = encode_example(tokenizer, RECORDS[fmt], fmt, max_length=512)
     prompt_ids = _expected_prompt_ids(tokenizer, fmt)
@@ -93,7 +96,7 @@ def test_encode_example_masks_and_labels(tokenizer, fmt):
         assert labels[-1] == tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", CHAT_FORMATS)
 def test_build_dataset_and_collate(tokenizer, fmt, tmp_path):
     short = dict(RECORDS[fmt])
     if fmt == "alpaca":
