@@ -5,16 +5,19 @@ import pytest
 import torch
 
 from paratune import ParaConfig
-from tests.tiny_models import ARCHS, VOCAB, randomize_adapter, tiny_model
+from tests.tiny_models import ARCHS, VOCAB, randomize_adapter, tiny_model, tiny_targets
 
-ALL_TARGETS = {
-    "gpt2": ["q", "k", "v", "o", "up", "down"],  # GPT-2's MLP has no gate
-}
+ALL_TARGETS = {arch: tiny_targets(arch) for arch in ARCHS}
+
+
+def default_targets(arch):
+    """q, v, up where the family has them (PARA's default), else the targets it does have."""
+    return [t for t in ("q", "v", "up") if t in ALL_TARGETS[arch]] or ALL_TARGETS[arch]
 
 
 def wrapped(arch, targets=None, seed=0, randomize=True, **config):
     model = tiny_model(arch, seed=seed)
-    targets = targets or ["q", "v", "up"]
+    targets = targets or default_targets(arch)
     peft_model = peft.get_peft_model(model, ParaConfig(targets=targets, **config))
     if randomize:
         randomize_adapter(peft_model)
@@ -26,8 +29,7 @@ def test_fresh_adapter_is_exactly_the_base_model(arch):
     torch.manual_seed(0)
     ids = torch.randint(3, VOCAB, (2, 9))
     base = tiny_model(arch)(ids).logits
-    targets = ALL_TARGETS.get(arch, ["q", "k", "v", "o", "up", "gate", "down"])
-    peft_model = wrapped(arch, targets=targets, randomize=False)
+    peft_model = wrapped(arch, targets=ALL_TARGETS[arch], randomize=False)
     assert torch.equal(peft_model(ids).logits, base)
 
 
@@ -36,7 +38,7 @@ def test_trained_adapter_changes_outputs_and_disable_restores_base(arch):
     torch.manual_seed(0)
     ids = torch.randint(3, VOCAB, (2, 9))
     base = tiny_model(arch)(ids).logits
-    peft_model = wrapped(arch, targets=ALL_TARGETS.get(arch, ["q", "k", "v", "o", "up", "gate", "down"]))
+    peft_model = wrapped(arch, targets=ALL_TARGETS[arch])
     assert not torch.allclose(peft_model(ids).logits, base, atol=1e-3)
     with peft_model.disable_adapter():
         assert torch.equal(peft_model(ids).logits, base)
