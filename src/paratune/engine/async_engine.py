@@ -108,20 +108,22 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue = asyncio.Queue()
         # Snapshot what the engine thread knows now: by the time the consumer reads, the request may be further.
+        # (request.text is an immutable str the engine replaces as it grows: the snapshot is that token's text.)
         self._listeners[request.id] = lambda r, t: loop.call_soon_threadsafe(
-            tokens.put_nowait, (t, r.finish_reason, r.logprobs[-1] if r.params.logprobs and t >= 0 else None))
+            tokens.put_nowait, (t, r.finish_reason, r.logprobs[-1] if r.params.logprobs and t >= 0 else None, r.text))
         await self._run(lambda: self.engine.add_request(request))
-        decoder = _IncrementalText(self.engine.tokenizer, request)
+        # Text that a stop string could still claim is held back until the request moves past it or ends.
+        hold = max((len(s) for s in request.params.stop), default=1) - 1
+        sent = 0
         try:
             while True:
-                token, finish_reason, logprob = await tokens.get()
-                if token < 0:  # cancelled or failed without a token
-                    yield StreamEvent(-1, decoder.flush(), None, finish_reason)
+                token, finish_reason, logprob, text = await tokens.get()
+                if finish_reason is not None:  # finished (token < 0: cancelled or failed without a token)
+                    yield StreamEvent(token, text[sent:], None if token < 0 else logprob, finish_reason)
                     return
-                text = decoder.push(token, last=finish_reason is not None)
-                yield StreamEvent(token, text, logprob, finish_reason)
-                if finish_reason is not None:
-                    return
+                safe = max(sent, len(text) - hold)
+                yield StreamEvent(token, text[sent:safe], logprob, finish_reason)
+                sent = safe
         finally:
             if not request.finished:
                 await self._run(lambda: self.engine.cancel(request))
@@ -189,37 +191,3 @@ def _set(future: asyncio.Future, result, error) -> None:
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-class _IncrementalText:
-    """Decode the growing output once per token and hand out only the new text; hold back an incomplete
-    UTF-8 character and, when stop strings are set, the tail that could still become a stop string."""
-
-    def __init__(self, tokenizer, request: Request):
-        self.tokenizer = tokenizer
-        self.request = request
-        self.ids: list[int] = []
-        self.sent = 0
-        self.hold = max((len(s) for s in request.params.stop), default=1) - 1
-
-    def push(self, token: int, last: bool) -> str:
-        self.ids.append(token)
-        if self.tokenizer is None:
-            return ""
-        if last:
-            return self.flush()
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        safe = len(text) - self.hold
-        if text.endswith("\ufffd"):
-            safe = min(safe, len(text) - 1)
-        if safe <= self.sent:
-            return ""
-        delta, self.sent = text[self.sent: safe], safe
-        return delta
-
-    def flush(self) -> str:
-        if self.tokenizer is None:
-            return ""
-        final = self.request.text if self.request.finished else self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta, self.sent = final[self.sent:], len(final)
-        return delta

@@ -23,8 +23,9 @@ from ..para.scaling import module_scales
 from .adapter_bank import AdapterBank, AdapterError, Ia3Adapter, LoraAdapter, ParaAdapter
 from .batch import Batch, RowTensors, keep, merge
 from .hooks import ModelHooks
+from .detokenize import engine_tokenizer, make_detokenizer
 from .request import Request
-from .sampling import sample
+from .sampler import Sampler
 
 
 class Engine:
@@ -39,6 +40,9 @@ class Engine:
         self.batch: Batch | None = None
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        self.sampler = Sampler(self.device)  # the running rows' sampling parameters, rebuilt on join/leave
+        self._sampler_rows: list[int] = []
+        self._detokenizer_backend = engine_tokenizer(tokenizer)
         self.stats = collections.Counter()
         self._dropped: list[Request] = []  # finished without running (cancelled while queued)
 
@@ -82,8 +86,9 @@ class Engine:
         if request.reserved_tokens > self.kv_budget_tokens:
             raise ValueError(f"request needs {request.reserved_tokens} KV tokens (prompt + max_tokens) but the "
                              f"budget is {self.kv_budget_tokens}")
-        if request.params.seed is not None:
-            request.generator = torch.Generator(device="cpu").manual_seed(request.params.seed)
+        if request.params.seed is not None:  # on the logits' device: a CPU generator cannot drive CUDA sampling
+            request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+        request.detokenizer = make_detokenizer(self._detokenizer_backend, self.tokenizer, request.params.stop)
         self.waiting.append(request)
         return request
 
@@ -125,8 +130,7 @@ class Engine:
         admitted = self._admit()
         if admitted:
             new = self._prefill(admitted)
-            produced += [(r, int(t)) for r, t in zip(new.rows, new.next_tokens)]
-            self._finish_rows(new)
+            produced += [(r, r.output_ids[-1]) for r in new.rows]
             self.batch = merge(self.batch, new)
             self._retire()
         self.hooks.use(self.batch.tensors if self.batch is not None else RowTensors.empty(len(self.bank.layers)))
@@ -171,9 +175,11 @@ class Engine:
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         finally:
             self.hooks.on_prefill_layer = None
-        tokens = torch.tensor([self._sample(r, logits[i]) for i, r in enumerate(requests)], device=self.device)
+        sampler = Sampler(self.device)
+        sampler.set_rows([r.params for r in requests], [r.generator for r in requests])
+        tokens = self._record(requests, *sampler(logits))
         self.stats["prefill_seconds"] += time.perf_counter() - start
-        self.stats["prefill_tokens"] += int(mask.sum())
+        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in requests)
         return Batch(requests, cache, mask, mask.sum(-1), tokens, tensors)
 
     def _decode(self) -> list[tuple[Request, int]]:
@@ -184,38 +190,36 @@ class Engine:
                             position_ids=batch.positions[:, None], past_key_values=batch.cache,
                             use_cache=True).logits[:, -1]
         batch.positions = batch.positions + 1
-        batch.next_tokens = torch.tensor([self._sample(r, logits[i]) for i, r in enumerate(batch.rows)],
-                                         device=self.device)
-        self._finish_rows(batch)
+        rows = [r.id for r in batch.rows]
+        if rows != self._sampler_rows:  # the batch changed (a join or a leave): new per-row parameters
+            self.sampler.set_rows([r.params for r in batch.rows], [r.generator for r in batch.rows])
+            self._sampler_rows = rows
+        batch.next_tokens = self._record(batch.rows, *self.sampler(logits))
         self.stats["decode_seconds"] += time.perf_counter() - start
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += len(batch)
-        return [(r, int(t)) for r, t in zip(batch.rows, batch.next_tokens)]
+        return list(zip(batch.rows, batch.next_tokens.tolist()))
 
-    def _sample(self, request: Request, logits: torch.Tensor) -> int:
-        token, logprob = sample(logits, request.params, request.generator)
-        request.output_ids.append(token)
-        if request.params.logprobs:
-            request.logprobs.append(logprob)
-        return token
-
-    def _finish_rows(self, batch: Batch) -> None:
-        for request in batch.rows:
-            if request.finished:
-                continue
-            last = request.output_ids[-1]
-            if last in self.eos_ids and not request.params.ignore_eos:
+    def _record(self, requests: list[Request], tokens: torch.Tensor, logprobs: torch.Tensor | None) -> torch.Tensor:
+        """Append each row's new token (one host transfer for the whole step), extend its text, finish it on
+        EOS, a stop string or its token limit. Returns the tokens, still on the device, for the next step."""
+        values = tokens.tolist()
+        chosen = logprobs.tolist() if logprobs is not None else None
+        for row, (request, token) in enumerate(zip(requests, values)):
+            request.output_ids.append(token)
+            if request.params.logprobs:
+                request.logprobs.append(chosen[row])
+            detokenizer = request.detokenizer
+            stopped = detokenizer.push(token) if detokenizer is not None else False
+            if detokenizer is not None:
+                request.text = detokenizer.text
+            if token in self.eos_ids and not request.params.ignore_eos:
                 request.finish_reason = "eos"
-            elif request.params.stop and self.tokenizer is not None:
-                text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
-                hits = [text.find(s) for s in request.params.stop if s in text]
-                if hits:
-                    request.text = text[: min(hits)]
-                    request.finish_reason = "stop"
-            if not request.finished and len(request.output_ids) >= request.params.max_tokens:
+            elif stopped:
+                request.finish_reason = "stop"
+            elif len(request.output_ids) >= request.params.max_tokens:
                 request.finish_reason = "length"
-            if request.finished and request.finish_reason != "stop" and self.tokenizer is not None:
-                request.text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
+        return tokens
 
     # ----- per-row adapter tensors ----------------------------------------------------------------------
     def _row_tensors(self, requests: list[Request]) -> RowTensors:

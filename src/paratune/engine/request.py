@@ -46,7 +46,8 @@ class Request:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "length" | "stop" | "eos" | "cancelled"
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # seeded requests: on the engine's device
+    detokenizer: object = field(default=None, repr=False)  # engine.detokenize.Detokenizer, set by the engine
 
     @property
     def finished(self) -> bool:
