@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 import paratune  # noqa: F401  (registers PARA with PEFT)
 from paratune.training.config import TrainConfig
 from paratune.training.trainer import METRICS_FILE, TrainResult, last_checkpoint, train
-from tests.training.conftest import tiny_llama
+from tests.training.conftest import ForwardSpy, tiny_llama
 
 WORDS = ["apple", "river", "stone", "cloud"]
 FAST = dict(batch_size=4, max_length=64, logging_steps=1, warmup_ratio=0.0)
@@ -32,29 +32,6 @@ def write_records(path, n: int = 24):
 def read_metrics(output):
     with open(os.path.join(output, METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
-
-
-class ForwardSpy(TrainerCallback):
-    """Records the keyword arguments of every forward of the trained (PEFT) model."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        self.pool_masks: list[torch.Tensor] = []
-        self.model = None  # the PeftModel being trained
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.model = model
-
-        def pre(module, a, kw):
-            self.calls.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in kw.items()})
-
-        def post(module, a, kw, out):
-            para_state = getattr(module.base_model, "_para_state", None)
-            if para_state is not None:
-                self.pool_masks.append(para_state.pool_mask.detach().clone())
-
-        model.register_forward_pre_hook(pre, with_kwargs=True)
-        model.register_forward_hook(post, with_kwargs=True)
 
 
 class Killed(Exception):
