@@ -298,3 +298,13 @@ def test_decoder_layers_skip_a_decoy_module_list_registered_first(drop_no_split)
     peft_model = peft.get_peft_model(model, ParaConfig()).eval()
     assert torch.equal(peft_model(IDS).logits, base)
     assert all(not isinstance(m, ParaLayer) for m in model.decoy.modules())
+
+
+def test_bloom_slow_but_exact_refuses_the_projections_it_bypasses():
+    """With pretraining_tp > 1 and slow_but_exact, Bloom multiplies slices of dense's weight instead of calling it."""
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, pretraining_tp=2,
+                                      slow_but_exact=True)
+    model = transformers.BloomForCausalLM(config)
+    with pytest.raises(ValueError, match="slow_but_exact=True: that path bypasses"):
+        peft.get_peft_model(model, ParaConfig(targets=["o", "up"]))
+    peft.get_peft_model(model, ParaConfig(targets=["up"]))  # dense_h_to_4h is still called

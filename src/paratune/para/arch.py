@@ -153,8 +153,8 @@ def _bloom_unhooked(target: str) -> SiteResolver:
     def resolve(layer, cfg):
         if cfg.pretraining_tp > 1 and cfg.slow_but_exact:
             raise UnsupportedModelError(
-                f"PARA target {target!r} is not available on Bloom with pretraining_tp={cfg.pretraining_tp} and "
-                "slow_but_exact=True: that path bypasses the projection module PARA hooks"
+                f"Bloom with pretraining_tp={cfg.pretraining_tp} and slow_but_exact=True: that path bypasses the "
+                "projection module PARA hooks"
             )
         return _structural(layer, cfg, target)
 
