@@ -16,35 +16,38 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .arch import Site, module_features
+from .arch import Site, module_features, place_delta
 
 
 def module_scales(
     layer: nn.Module, sites: dict[str, Site], vectors: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """{target: delta (B, width)} -> {module path: delta (B, 1, features)}; the untargeted slices of a fused
-    projection (e.g. k inside GPT-2's c_attn) get exactly 0."""
+    """{target: delta (B, width)} -> {module path: delta (B, 1, features)}; the untargeted features of a fused
+    projection (e.g. k inside GPT-2's c_attn, or inside a per-head interleaved query_key_value) get exactly 0."""
     scales: dict[str, torch.Tensor] = {}
     for target, vector in vectors.items():
         site = sites[target]
-        features = getattr(site, "features", None) or module_features(layer.get_submodule(site.module), site.side)
-        if site.start == 0 and site.width == features:
+        features = site.features or module_features(layer.get_submodule(site.module), site.side)
+        if site.start == 0 and site.width == features and site.block is None:
             scale = vector
         else:
             previous = scales.get(site.module)
-            scale = (torch.zeros(vector.shape[0], features, dtype=vector.dtype, device=vector.device)
-                     if previous is None else previous[:, 0].to(vector.dtype))
-            scale = torch.cat([scale[:, : site.start], vector, scale[:, site.start + site.width:]], dim=-1)
+            scale = place_delta(site, vector, features, None if previous is None else previous[:, 0])
         scales[site.module] = scale.to(dtype).unsqueeze(1)
     return scales
 
 
 def apply_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``x * (1 + delta)`` as ``x + x * delta``; delta (B, 1, features) broadcasts over positions. A module
-    whose output keeps a head axis (B, T, H, D), e.g. Qwen3's per-head q_norm, gets delta viewed as (B, 1, H, D)."""
+    whose output keeps a head axis (B, T, H, D), e.g. Qwen3's per-head q_norm, gets delta viewed as (B, 1, H, D);
+    one that sees flattened rows (B * T, features), e.g. an MoE block's shared expert, is viewed as (B, T, F)."""
+    delta = delta.to(x.dtype)
     if x.shape[-1] != delta.shape[-1] and x.dim() == 4:
         delta = delta.view(delta.shape[0], 1, *x.shape[-2:])
-    return torch.addcmul(x, x, delta.to(x.dtype))
+    elif x.dim() == 2 and delta.shape[0] > 0 and x.shape[0] % delta.shape[0] == 0:
+        rows = x.view(delta.shape[0], -1, x.shape[-1])
+        return torch.addcmul(rows, rows, delta).view_as(x)
+    return torch.addcmul(x, x, delta)
 
 
 class SiteScaler:
