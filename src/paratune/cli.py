@@ -1,33 +1,193 @@
-"""paratune command line: one verb per module."""
+"""paratune command line: one verb per module.
+
+Every verb but ``eval`` and ``bench quality`` is a config dataclass: ``TrainConfig`` (training/config.py),
+``GenerateConfig`` (generate.py), ``ServeConfig`` (server/cli.py), ``DemoConfig`` and ``BenchServeConfig`` (here).
+``add_config_arguments`` makes one flag per field (``--batch-size`` is ``batch_size``) and ``config_from_args``
+builds the dataclass from the parsed flags, so the dataclass validates (ValueError naming the field, the value
+and what is accepted) and the Python API and the CLI cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import shlex
 import sys
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 from .models import DEFAULT_MODEL
+
+# ------------------------------------------------------------------------------ config dataclasses as flags
+
+
+def _field_kind(hint: Any) -> tuple[type, bool]:
+    """(scalar type, is a list) of a field annotation: ``Optional[int]`` -> (int, False), ``list[str]`` ->
+    (str, True)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union \
+        else [hint]
+    base = args[0]
+    if typing.get_origin(base) is list:
+        return (typing.get_args(base) or (str,))[0], True
+    return base, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, required: tuple[str, ...] = (),
+                         helps: Optional[dict[str, str]] = None) -> None:
+    """One flag per field of the dataclass ``config_cls``. Help comes from ``field(metadata={"help": ...})`` or
+    ``helps``. Booleans: ``--x`` when the default is False, ``--x / --no-x`` when it is True. Lists take one or
+    more values, repeatable (``--data a.jsonl b.jsonl``, ``--adapter a=x --adapter b=y``); their items are also
+    split on commas (``--targets q,up``) unless the field's metadata says ``"split": False`` (paths)."""
+    hints = typing.get_type_hints(config_cls)
+    helps = helps or {}
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = helps.get(f.name, f.metadata.get("help", ""))
+        kind, is_list = _field_kind(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if kind is bool:
+            if default:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=True, help=help_text)
+            else:
+                parser.add_argument(flag, action="store_true", help=help_text)
+        elif is_list:  # no argparse default: the dataclass default applies when the flag is absent
+            shown = f" (default: {','.join(map(str, default))})" if default else ""
+            parser.add_argument(flag, nargs="+", action="extend", default=argparse.SUPPRESS, required=f.name in required,
+                                metavar=f.name.upper(), help=help_text + shown)
+        else:
+            parser.add_argument(flag, type=kind, default=default, required=f.name in required, help=help_text)
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace):
+    """The dataclass ``config_cls`` built from the flags ``add_config_arguments`` made (and validated by it)."""
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        if not f.init or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        kind, is_list = _field_kind(hints[f.name])
+        if is_list:
+            if value is None:
+                continue
+            items = value if f.metadata.get("split", True) is False else \
+                [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+            try:
+                value = [kind(item) for item in items]
+            except ValueError:
+                raise ValueError(f"{f.name} must be a list of {kind.__name__} values, got {value!r}") from None
+        values[f.name] = value
+    return config_cls(**values)
+
+
+def check(name: str, value: Any, ok: bool, accepted: str) -> None:
+    """ValueError ``"<name> must be <accepted>, got <value>"`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_number(value: Any, minimum: float, *, strict: bool = True) -> bool:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (value > minimum if strict else value >= minimum)
+
+
+# ----------------------------------------------------------------------------------------------- verbs
+
+
+@dataclass
+class DemoConfig:
+    """``paratune demo``: three PARA tenants trained on generated tasks, served, compared with the base model."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local folder or the embedded default"})
+    steps: int = field(default=30, metadata={"help": "training steps per tenant"})
+    r: int = field(default=16, metadata={"help": "PARA bottleneck width"})
+    lr: float = field(default=3e-3, metadata={"help": "learning rate"})
+    batch_size: int = field(default=8, metadata={"help": "examples per training step"})
+    max_seconds: Optional[float] = field(
+        default=None, metadata={"help": "stop a tenant's training after this long (such a tenant is not cached)"})
+    n_eval: int = field(default=8, metadata={"help": "held-out prompts per tenant"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated tasks and of training"})
+
+    def __post_init__(self):
+        check("model", self.model, isinstance(self.model, str) and bool(self.model.strip()),
+              "a model name, folder or hub id")
+        for name in ("steps", "r", "batch_size", "n_eval"):
+            check(name, getattr(self, name), is_int(getattr(self, name), 1), "a positive integer")
+        check("lr", self.lr, is_number(self.lr, 0), "a positive number")
+        check("max_seconds", self.max_seconds, self.max_seconds is None or is_number(self.max_seconds, 0),
+              "a positive number of seconds or None")
+        check("seed", self.seed, is_int(self.seed, 0), "an integer >= 0")
 
 
 def _demo(args) -> int:
     from .demo.run import run_demo
 
-    run_demo(model_name=args.model, steps=args.steps, r=args.r, lr=args.lr, batch_size=args.batch_size,
-             max_seconds=args.max_seconds, n_eval=args.n_eval, seed=args.seed)
+    cfg = config_from_args(DemoConfig, args)
+    run_demo(model_name=cfg.model, steps=cfg.steps, r=cfg.r, lr=cfg.lr, batch_size=cfg.batch_size,
+             max_seconds=cfg.max_seconds, n_eval=cfg.n_eval, seed=cfg.seed)
     return 0
 
 
-def _bench_serve(args) -> int:
-    from .bench.serve_bench import BenchConfig, run
+def _train(args) -> int:
+    from .training.config import TrainConfig
+    from .training.trainer import train
 
-    cfg = BenchConfig(
-        shapes=args.shapes.split(","), concurrency=[int(c) for c in args.concurrency.split(",")],
-        prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, prefill_len=args.prefill_len,
-        prefill_batch=args.prefill_batch, many_adapters=args.many_adapters,
-        peft_reference=not args.no_peft_reference, profile=not args.no_profile, device=args.device,
-        output=args.output)
+    result = train(config_from_args(TrainConfig, args))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate: the main process reports
+        loss = "no step logged" if result.final_loss is None else f"final loss {result.final_loss:.4f}"
+        print(f"adapter saved to {result.output_dir} ({result.trainable_params:,} trainable parameters, "
+              f"{result.steps} steps, {loss})")
+    return 0
+
+
+def _bench_config_class():
+    from .bench.serve_bench import SHAPES, BenchConfig
+
+    @dataclass
+    class BenchServeConfig(BenchConfig):
+        """``paratune bench serve``: ``bench.serve_bench.BenchConfig`` with its values checked."""
+
+        def __post_init__(self):
+            check("shapes", self.shapes, isinstance(self.shapes, list) and bool(self.shapes)
+                  and all(s in SHAPES for s in self.shapes), f"a non-empty list of {', '.join(SHAPES)}")
+            check("concurrency", self.concurrency, isinstance(self.concurrency, list) and bool(self.concurrency)
+                  and all(is_int(c, 1) for c in self.concurrency), "a non-empty list of positive integers")
+            for name in ("prompt_len", "new_tokens", "repeats", "prefill_len", "prefill_batch"):
+                check(name, getattr(self, name), is_int(getattr(self, name), 1), "a positive integer")
+            check("many_adapters", self.many_adapters, is_int(self.many_adapters, 0), "an integer >= 0 (0 skips)")
+            check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in
+                  ("cpu", "cuda", "mps", "xpu"), "cpu, cuda (or cuda:N), mps or xpu")
+            check("output", self.output, isinstance(self.output, str) and bool(self.output.strip()), "a folder path")
+
+    return BenchServeConfig
+
+
+BENCH_SERVE_HELP = {
+    "shapes": "backbones (smollm2-135m, llama-430m-random)", "concurrency": "request counts",
+    "prompt_len": "prompt tokens per request", "new_tokens": "tokens decoded per request",
+    "repeats": "repeats of each measurement", "prefill_len": "prompt length of the prefill-overhead check",
+    "prefill_batch": "prompts of the prefill-overhead check", "many_adapters": "registered adapters (0 to skip)",
+    "peft_reference": "also time PEFT's mixed-batch LoRA generate", "profile": "profile one decode step",
+    "device": "cpu or cuda", "output": "folder for serve.md / serve.json / serve.png",
+}
+
+
+def _bench_serve(args) -> int:
+    from .bench.serve_bench import run
+
+    cfg = config_from_args(_bench_config_class(), args)
     summary = run(cfg, shlex.join(["paratune", *args.argv]))
     print(json.dumps({shape: {k: v for k, v in s.items()} for shape, s in summary.items()}, indent=1))
     return 0
@@ -65,25 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
         "and throughput.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    demo.add_argument("--steps", type=int, default=30, help="training steps per tenant")
-    demo.add_argument("--r", type=int, default=16, help="PARA bottleneck width")
-    demo.add_argument("--lr", type=float, default=3e-3, help="learning rate")
-    demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--max-seconds", type=float, default=None,
-                      help="stop a tenant's training after this long (such a tenant is not cached)")
-    demo.add_argument("--n-eval", type=int, default=8, help="held-out prompts per tenant")
-    demo.add_argument("--seed", type=int, default=0)
+    add_config_arguments(demo, DemoConfig)
     demo.set_defaults(func=_demo)
 
     from . import generate
 
     generate.add_parser(commands)
 
-    from . import evaluate, train
+    from . import evaluate
     from .server import cli as serve_cli
+    from .training.config import TrainConfig
 
-    train.add_parser(commands)
+    train = commands.add_parser(
+        "train", help="train a PARA adapter (or a LoRA / (IA)^3 / prompt-tuning baseline)",
+        description="Train with the Hugging Face Trainer (torchrun / accelerate launch work unchanged). The loss "
+        "covers response tokens only; PARA pools over the prompt tokens only. Checkpoints hold adapter, "
+        "optimiser, scheduler, RNG and data position; --resume continues from the last one. Every flag is a "
+        "field of paratune.training.TrainConfig.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(train, TrainConfig, required=("data", "output"))
+    train.set_defaults(func=_train)
     evaluate.add_parser(commands)
 
     serve_cli.add_parser(commands)
@@ -97,18 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="N concurrent requests, each on a distinct adapter, through one engine; also prefill cost "
         "of the generator at long prompts and throughput with 1 vs many registered adapters. Writes "
         "serve.md, serve.json and serve.png.")
-    serve.add_argument("--shapes", default="smollm2-135m,llama-430m-random", help="comma-separated backbones")
-    serve.add_argument("--concurrency", default="1,8,32", help="comma-separated request counts")
-    serve.add_argument("--prompt-len", type=int, default=64)
-    serve.add_argument("--new-tokens", type=int, default=32)
-    serve.add_argument("--repeats", type=int, default=3)
-    serve.add_argument("--prefill-len", type=int, default=512)
-    serve.add_argument("--prefill-batch", type=int, default=4)
-    serve.add_argument("--many-adapters", type=int, default=1000, help="0 to skip")
-    serve.add_argument("--no-peft-reference", action="store_true", help="skip PEFT's mixed-batch generate")
-    serve.add_argument("--no-profile", action="store_true")
-    serve.add_argument("--device", default="cpu", help="cpu or cuda")
-    serve.add_argument("--output", default="docs/results")
+    add_config_arguments(serve, _bench_config_class(), helps=BENCH_SERVE_HELP)
     serve.set_defaults(func=_bench_serve)
 
     quality = bench_kinds.add_parser(

@@ -1,17 +1,62 @@
-"""`paratune generate`: run prompts through the multi-tenant engine in one batch; JSONL out, in order."""
+"""`paratune generate`: run prompts through the multi-tenant engine in one batch; JSONL out, in order.
+
+Every flag is a field of ``GenerateConfig``; ``generate(GenerateConfig(...))`` is the same run from Python.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
 from .engine import Engine, Request, SamplingParams
 from .jsonl import read_jsonl
-from .models import load_backbone
+from .models import DEFAULT_MODEL, load_backbone
 
 _SAMPLING = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass
+class GenerateConfig:
+    """``paratune generate``; validated on construction (ValueError naming the field, the value, what is accepted).
+    ``max_tokens`` ... ``seed`` are the defaults of every prompt; a prompts-file line may override them."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local folder or the embedded default"})
+    adapter: list[str] = field(default_factory=list, metadata={
+        "help": "load a PEFT adapter as NAME=PATH (repeatable)", "split": False})
+    prompt: Optional[str] = field(default=None, metadata={"help": "a single prompt"})
+    use_adapter: Optional[str] = field(default=None, metadata={
+        "help": "adapter NAME for --prompt (default: the base model)"})
+    prompts_file: Optional[str] = field(default=None, metadata={
+        "help": "JSONL: {prompt, adapter, max_tokens, ...sampling}"})
+    chat: bool = field(default=False, metadata={"help": "wrap prompts in the backbone's chat template"})
+    max_tokens: int = field(default=64, metadata={"help": "tokens to generate at most"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    top_k: int = field(default=0, metadata={"help": "0 = no top-k cut"})
+    seed: Optional[int] = field(default=None, metadata={"help": "sampling seed"})
+    output: Optional[str] = field(default=None, metadata={"help": "write JSONL here instead of stdout"})
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model must be a model name, folder or hub id, got {self.model!r}")
+        if isinstance(self.adapter, str):
+            self.adapter = [self.adapter]
+        self.adapters = parse_adapter_specs(list(self.adapter or []))
+        if (self.prompt is None) == (self.prompts_file is None):
+            got = "both" if self.prompt is not None else "neither"
+            raise ValueError(f"give exactly one of --prompt or --prompts-file (prompt, prompts_file), got {got}")
+        if self.use_adapter is not None and self.use_adapter not in self.adapters:
+            raise ValueError(f"use_adapter must name a loaded adapter ({sorted(self.adapters)}; load with --adapter "
+                             f"NAME=PATH), got {self.use_adapter!r}")
+        SamplingParams(**self.sampling())  # ValueError naming the field, its value and the accepted range
+
+    def sampling(self) -> dict:
+        values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                  "top_k": self.top_k, "seed": self.seed}
+        return {k: v for k, v in values.items() if v is not None}
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
@@ -55,18 +100,22 @@ def encode(tokenizer, prompt: str, chat: bool) -> list[int]:
 
 
 def run(args) -> int:
-    adapters = parse_adapter_specs(args.adapter or [])
-    defaults = {"adapter": args.use_adapter, "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
-    if (args.prompt is None) == (args.prompts_file is None):
-        raise ValueError("give exactly one of --prompt or --prompts-file")
-    items = read_prompts_file(args.prompts_file, defaults) if args.prompts_file else \
-        [{**defaults, "prompt": args.prompt, "_where": "--prompt"}]
+    from .cli import config_from_args
+
+    return generate(config_from_args(GenerateConfig, args))
+
+
+def generate(config: GenerateConfig) -> int:
+    """Run ``config``'s prompts through the engine and write one JSONL line per prompt, in order."""
+    adapters = config.adapters
+    defaults = {"adapter": config.use_adapter, **config.sampling()}
+    items = read_prompts_file(config.prompts_file, defaults) if config.prompts_file else \
+        [{**defaults, "prompt": config.prompt, "_where": "--prompt"}]
     for item in items:
         if item["adapter"] is not None and item["adapter"] not in adapters:
             raise ValueError(f"{item['_where']}: adapter {item['adapter']!r} is not loaded; loaded: "
                              f"{sorted(adapters)} (load with --adapter NAME=PATH)")
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(config.model)
     engine = Engine(backbone.model, backbone.tokenizer, max_batch=max(len(items), 1))
     for name, path in adapters.items():
         engine.add_adapter(name, path)
@@ -77,9 +126,9 @@ def run(args) -> int:
             sampling = SamplingParams(**params)
         except ValueError as error:
             raise ValueError(f"{item['_where']}: {error}") from None
-        requests.append(Request(encode(backbone.tokenizer, item["prompt"], args.chat), item["adapter"], sampling))
+        requests.append(Request(encode(backbone.tokenizer, item["prompt"], config.chat), item["adapter"], sampling))
     engine.generate(requests)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    out = open(config.output, "w", encoding="utf-8") if config.output else sys.stdout
     try:
         for request in requests:
             record = {"adapter": request.adapter, "text": request.text, "token_ids": request.output_ids,
@@ -88,7 +137,7 @@ def run(args) -> int:
                 record["logprobs"] = request.logprobs
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
-        if args.output:
+        if config.output:
             out.close()
     return 0
 
@@ -96,7 +145,7 @@ def run(args) -> int:
 def add_parser(commands) -> None:
     import argparse
 
-    from .models import DEFAULT_MODEL
+    from .cli import add_config_arguments
 
     p = commands.add_parser(
         "generate", help="run prompts through the multi-tenant engine",
@@ -104,16 +153,5 @@ def add_parser(commands) -> None:
         "in one continuously batched run; prints JSONL {adapter, text, token_ids} in input order.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    p.add_argument("--adapter", action="append", metavar="NAME=PATH", help="load a PEFT adapter (repeatable)")
-    p.add_argument("--prompt", help="a single prompt")
-    p.add_argument("--use-adapter", metavar="NAME", help="adapter for --prompt (default: the base model)")
-    p.add_argument("--prompts-file", metavar="FILE", help="JSONL: {prompt, adapter, max_tokens, ...sampling}")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the backbone's chat template")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--output", metavar="FILE", help="write JSONL here instead of stdout")
+    add_config_arguments(p, GenerateConfig)
     p.set_defaults(func=run)

@@ -1,11 +1,64 @@
-"""`paratune serve`: load the backbone and adapters, then run the OpenAI-compatible server with uvicorn."""
+"""`paratune serve`: load the backbone and adapters, then run the OpenAI-compatible server with uvicorn.
+
+Every flag is a field of ``ServeConfig``; ``serve(ServeConfig(...))`` is the same server from Python.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..models import DEFAULT_MODEL
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+@dataclass
+class ServeConfig:
+    """``paratune serve``; validated on construction (ValueError naming the field, the value, what is accepted)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local folder or the embedded default"})
+    adapter: list[str] = field(default_factory=list, metadata={
+        "help": "serve an adapter as NAME=PATH (repeatable)", "split": False})
+    adapter_dir: Optional[str] = field(default=None, metadata={
+        "help": "serve every adapter folder inside by its folder name; also the root for runtime loading "
+        "(default: ./adapters if it exists)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+    api_key: Optional[str] = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on /v1/*"})
+    max_concurrent: int = field(default=32, metadata={"help": "requests decoded together"})
+    queue_size: int = field(default=256, metadata={"help": "waiting requests before 429"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "longest prompt accepted (400 beyond)"})
+    max_completion_tokens: int = field(default=1024, metadata={"help": "largest max_tokens accepted"})
+    kv_budget_tokens: int = field(default=65536, metadata={"help": "KV cache budget (prompt + max_tokens)"})
+    log_level: str = field(default="warning", metadata={"help": f"uvicorn log level: {', '.join(LOG_LEVELS)}"})
+
+    def __post_init__(self):
+        from ..generate import parse_adapter_specs
+
+        def check(name, ok, accepted):
+            if not ok:
+                raise ValueError(f"{name} must be {accepted}, got {getattr(self, name)!r}")
+
+        def integer(value, minimum):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+        check("model", isinstance(self.model, str) and bool(self.model.strip()), "a model name, folder or hub id")
+        if isinstance(self.adapter, str):
+            self.adapter = [self.adapter]
+        self.adapters = parse_adapter_specs(list(self.adapter or []))
+        check("host", isinstance(self.host, str) and bool(self.host.strip()), "a host name or address")
+        check("port", integer(self.port, 0) and self.port <= 65535, "an integer in [0, 65535]")
+        for name in ("max_concurrent", "max_prompt_tokens", "max_completion_tokens", "kv_budget_tokens"):
+            check(name, integer(getattr(self, name), 1), "a positive integer")
+        check("queue_size", integer(self.queue_size, 0), "an integer >= 0")
+        check("api_key", self.api_key is None or (isinstance(self.api_key, str) and bool(self.api_key)),
+              "a non-empty string or None")
+        if isinstance(self.log_level, str):
+            self.log_level = self.log_level.lower()
+        check("log_level", self.log_level in LOG_LEVELS, ", ".join(LOG_LEVELS))
 
 
 def adapter_folders(root: Path) -> dict[str, Path]:
@@ -14,53 +67,49 @@ def adapter_folders(root: Path) -> dict[str, Path]:
 
 
 def run(args) -> int:
+    from ..cli import config_from_args
+
+    return serve(config_from_args(ServeConfig, args))
+
+
+def serve(config: ServeConfig) -> int:
+    """Load the backbone and the adapters of ``config`` and serve them until interrupted."""
     import uvicorn
 
     from ..engine import Engine
-    from ..generate import parse_adapter_specs
     from ..models import load_backbone
     from .app import ServerConfig, create_app
 
-    adapters = parse_adapter_specs(args.adapter or [])
-    root = Path(args.adapter_dir) if args.adapter_dir else (Path("adapters") if Path("adapters").is_dir() else None)
+    adapters = dict(config.adapters)
+    root = Path(config.adapter_dir) if config.adapter_dir else (Path("adapters") if Path("adapters").is_dir() else None)
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"--adapter-dir {root} is not a folder")
     if root is not None:
         for name, path in adapter_folders(root).items():
             adapters.setdefault(name, str(path))
-    backbone = load_backbone(args.model)
-    engine = Engine(backbone.model, backbone.tokenizer, max_batch=args.max_concurrent,
-                    kv_budget_tokens=args.kv_budget_tokens)
+    backbone = load_backbone(config.model)
+    engine = Engine(backbone.model, backbone.tokenizer, max_batch=config.max_concurrent,
+                    kv_budget_tokens=config.kv_budget_tokens)
     for name, path in adapters.items():
         kind = engine.add_adapter(name, path)
         print(f"adapter {name!r} ({kind}) from {path}")
-    config = ServerConfig(model_name=args.model, api_key=args.api_key, queue_size=args.queue_size,
-                          max_prompt_tokens=args.max_prompt_tokens, max_completion_tokens=args.max_completion_tokens,
-                          adapter_root=root)
-    app = create_app(engine, config)
-    print(f"serving {args.model} + {len(adapters)} adapters on http://{args.host}:{args.port}/v1")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server_config = ServerConfig(model_name=config.model, api_key=config.api_key, queue_size=config.queue_size,
+                                 max_prompt_tokens=config.max_prompt_tokens,
+                                 max_completion_tokens=config.max_completion_tokens, adapter_root=root)
+    app = create_app(engine, server_config)
+    print(f"serving {config.model} + {len(adapters)} adapters on http://{config.host}:{config.port}/v1")
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
     return 0
 
 
 def add_parser(commands) -> None:
+    from ..cli import add_config_arguments
+
     p = commands.add_parser(
         "serve", help="OpenAI-compatible server: one backbone, many adapters",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Serve the backbone and its adapters over an OpenAI-compatible API. A request names its "
         "adapter in `model` (or the backbone's own name for the base model). Adapters can be loaded and "
         "unloaded at runtime through /v1/adapters (paths relative to --adapter-dir).")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    p.add_argument("--adapter", action="append", metavar="NAME=PATH", help="serve an adapter (repeatable)")
-    p.add_argument("--adapter-dir", help="serve every adapter folder inside by its folder name; also the root "
-                   "for runtime loading (default: ./adapters if it exists)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
-    p.add_argument("--max-concurrent", type=int, default=32, help="requests decoded together")
-    p.add_argument("--queue-size", type=int, default=256, help="waiting requests before 429")
-    p.add_argument("--max-prompt-tokens", type=int, default=2048)
-    p.add_argument("--max-completion-tokens", type=int, default=1024)
-    p.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV cache budget (prompt + max_tokens)")
-    p.add_argument("--log-level", default="warning")
+    add_config_arguments(p, ServeConfig)
     p.set_defaults(func=run)

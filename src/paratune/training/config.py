@@ -59,7 +59,8 @@ class TrainConfig:
     """Everything ``paratune.training.train`` needs; validated on construction (ValueError naming the field)."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Backbone: embedded default, folder or hub id."})
-    data: list[str] = field(default_factory=list, metadata={"help": "Training data files/folders (required)."})
+    data: list[str] = field(
+        default_factory=list, metadata={"help": "Training data files/folders (required).", "split": False})
     format: str = field(default="alpaca", metadata={"help": f"Record format, one of {FORMATS}."})
     method: str = field(default="para", metadata={"help": f"Adapter method, one of {METHODS}."})
     r: Optional[int] = field(default=None, metadata={"help": "Bottleneck / rank (para: 16, lora: 8)."})
@@ -77,7 +78,8 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"help": "Examples per device per micro-batch."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     max_length: int = field(default=512, metadata={"help": "Longest example in tokens (prompt + response)."})
-    eval_data: Optional[list[str]] = field(default=None, metadata={"help": "Evaluation data (same format)."})
+    eval_data: Optional[list[str]] = field(
+        default=None, metadata={"help": "Evaluation data (same format).", "split": False})
     eval_steps: Optional[int] = field(default=None, metadata={"help": "Evaluate every N steps (default save_steps)."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N optimizer steps."})
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output."})

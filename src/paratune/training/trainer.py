@@ -73,6 +73,7 @@ def train(config: TrainConfig, backbone: Any = None, callbacks: Sequence[Trainer
     backbone's dtype (fp32 from ``load_backbone``).
     """
     config.validate()
+    _refuse_lone_accelerate_cpu_process()
     cfg = config.resolved()
     output = Path(cfg.output)
     checkpoint = _resume_checkpoint(output, cfg.resume)
@@ -132,6 +133,24 @@ def train(config: TrainConfig, backbone: Any = None, callbacks: Sequence[Trainer
         steps=trainer.state.global_step,
         stats=stats,
     )
+
+
+def _refuse_lone_accelerate_cpu_process() -> None:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) without an MPI host file starts ONE process (accelerate
+    1.x runs several CPU processes only through mpirun) that trains alone with the per-device batch size: a
+    different global batch than asked for, silently. Its trace: accelerate's CPU flag and a MASTER_ADDR, but no
+    WORLD_SIZE (torchrun / accelerate's multi-process launcher) and no MPI world size."""
+    env = os.environ
+    mpi = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
+            and not any(name in env for name in mpi):
+        raise ValueError(
+            "accelerate launch --cpu with --num_processes > 1 started a single process (accelerate runs several CPU "
+            "processes only through MPI, with --mpirun_hostfile), so training would silently use one process's "
+            "batch. For several CPU processes (DDP over gloo) run `torchrun --nproc_per_node N -- paratune train "
+            "...` or, on a machine without GPUs, `accelerate launch --multi_gpu --num_processes N paratune train "
+            "...`; for one process drop --num_processes"
+        )
 
 
 # ------------------------------------------------------------------------------------------- the model
