@@ -17,7 +17,7 @@ def served(tmp_path, chat_tokenizer):
     peft_model = peft.get_peft_model(tiny_model("llama"), ParaConfig())
     randomize_adapter(peft_model, scale=0.5)
     peft_model.save_pretrained(tmp_path / "a")
-    engine = Engine(tiny_model("llama"), chat_tokenizer, max_batch=4)
+    engine = Engine(tiny_model("llama"), chat_tokenizer, max_batch=4, max_seq_len=10_016)  # room for 10,000 tokens
     engine.add_adapter("a", tmp_path / "a")
     engine.adapter_path = tmp_path / "a"
     front = AsyncEngine(engine)

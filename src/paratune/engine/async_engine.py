@@ -56,10 +56,8 @@ class AsyncEngine:
                 produced = self.engine.step()
             except BaseException as error:  # keep serving: fail the requests in flight, not the server
                 self.error = error
-                for request in list(self.engine.running) + list(self.engine.waiting):
-                    request.finish_reason = "error"
+                for request in self.engine.abort_all("error"):
                     self._notify(request, -1)
-                self.engine.batch, self.engine.waiting = None, type(self.engine.waiting)()
                 continue
             for request, token in produced:
                 self._notify(request, token)

@@ -1,74 +1,118 @@
-"""The multi-tenant engine: one backbone, an adapter bank, continuous batching.
-
-One ``step()`` = admit waiting requests that fit (prefill them together in one forward, computing each PARA
-row's vectors from its own prompt), then one decode step for every running row, then retire finished rows.
+"""The multi-tenant engine: one backbone, adapter tables, a slot KV cache, continuous batching.
 
     engine = Engine(model, tokenizer)
     engine.add_adapter("tenant-a", "adapters/a")      # PARA, LoRA or (IA)^3, PEFT format
     outputs = engine.generate([Request(ids, adapter="tenant-a", params=SamplingParams(max_tokens=32))])
+
+One ``step()``: a decode step for every running row, retire finished rows, then admit waiting requests that fit
+(a free KV slot, prompt + max_tokens within a slot, the step's prefill token budget) and prefill them together
+as one packed row, no prompt padded to another's length. Each PARA row's vectors are computed from its own
+prompt at every layer during that prefill, into its row of the delta tables; V is scaled before it is written
+to the cache. A decode step then feeds one token per row, in slot order, so the batch is usually a contiguous
+range of slots and every per-row tensor is a view.
 """
 
 from __future__ import annotations
 
 import collections
-import gc
+import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from ..para.arch import Site, resolve_sites
 from ..para.scaling import module_scales
 from .adapter_bank import AdapterBank, AdapterError, Ia3Adapter, LoraAdapter, ParaAdapter
-from .batch import Batch, RowTensors, keep, merge
-from .hooks import ModelHooks
+from .adapter_tables import LoraTables, ParaTables
 from .detokenize import engine_tokenizer, make_detokenizer
+from .hooks import EngineHooks, StepRows
+from .kv_cache import ATTENTION_NAME, SlotKVCache, decode_mask
 from .request import Request
 from .sampler import Sampler
 
+DEFAULT_MAX_SEQ_LEN = 2048
+
 
 class Engine:
-    def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int = 65536):
+    def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
+                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096):
+        """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
+        are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
+        ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
+        ``max_prefill_tokens`` caps the prompt tokens prefilled in one step (a longer prompt runs alone), so a
+        burst of long prompts does not stall the running streams for long."""
         self.model = model.eval()
         self.tokenizer = tokenizer
+        config = model.config.get_text_config()
+        _refuse_sliding_window(model)
         self.max_batch = max_batch
+        self.max_seq_len = max_seq_len or min(getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ_LEN,
+                                              DEFAULT_MAX_SEQ_LEN)
         self.kv_budget_tokens = kv_budget_tokens
-        self.bank = AdapterBank(model)
-        self.hooks = ModelHooks(model)
-        self.waiting: collections.deque[Request] = collections.deque()
-        self.batch: Batch | None = None
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.max_prefill_tokens = max_prefill_tokens
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.bank = AdapterBank(model)
+        self.para = ParaTables(len(self.bank.layers), config.hidden_size, torch.float32 if self.dtype in (
+            torch.float16, torch.bfloat16) else self.dtype, self.device)
+        self.lora = LoraTables(self.dtype, self.device)
+        self.hooks = EngineHooks(model, max_batch, self.lora)
+        self.cache = SlotKVCache(_kv_shapes(model), max_batch, self.max_seq_len, self.dtype, self.device)
+        _use_slot_attention(model, self.cache)
+        self.kv_cache_bytes = self.cache.bytes
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.rows: dict[int, Request] = {}  # KV slot -> running request
+        self._free = list(range(max_batch))
+        self._positions = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # next position per slot
+        self._next_tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self._scaled: dict[int, list[tuple[int, str]]] = {}  # slot -> delta tables its row uses
+        self.eos_ids = _eos_ids(model, tokenizer)
         self.sampler = Sampler(self.device)  # the running rows' sampling parameters, rebuilt on join/leave
         self._sampler_rows: list[int] = []
         self._detokenizer_backend = engine_tokenizer(tokenizer)
         self.stats = collections.Counter()
         self._dropped: list[Request] = []  # finished without running (cancelled while queued)
+        self._sites: dict[tuple[int, tuple[str, ...]], dict[str, Site]] = {}
 
     # ----- adapters ---------------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path) -> str:
         kind = self.bank.add(name, path)
-        # Thousands of adapters are hundreds of thousands of long-lived Python objects (modules, tensors);
-        # left in the collector's generations, every full collection during decoding walks them all.
-        gc.freeze()
         adapter = self.bank.adapters[name]
-        if isinstance(adapter, ParaAdapter):
-            for index in adapter.generators:
-                for site in resolve_sites(self.model, self.bank.layers[index], adapter.config.targets).values():
+        try:
+            if isinstance(adapter, ParaAdapter):
+                for index in adapter.generators:
+                    for site in self._layer_sites(index, adapter.config.targets).values():
+                        self.hooks.hook_site(index, site)
+                adapter.slot = self.para.add(name, adapter.generators)
+            elif isinstance(adapter, LoraAdapter):
+                for path_ in adapter.weights:
+                    self.hooks.hook_lora(path_)
+                adapter.slot = self.lora.add(name, adapter.scaling, adapter.weights)
+                adapter.weights = None  # the table holds them now
+            else:
+                adapter.sites = [self._ia3_site(p, v, side) for p, (v, side) in adapter.vectors.items()]
+                for index, site in adapter.sites:
                     self.hooks.hook_site(index, site)
-        elif isinstance(adapter, LoraAdapter):
-            for path_ in adapter.weights:
-                self.hooks.hook_lora(path_)
-        else:
-            for path_, (vector, side) in adapter.vectors.items():
-                index, site = self._ia3_site(path_, vector, side)
-                self.hooks.hook_site(index, site)
+        except Exception:
+            self.bank.remove(name)
+            raise
         return kind
 
     def remove_adapter(self, name: str) -> None:
-        """Unload an adapter. Running requests keep the tensors they were admitted with."""
+        """Unload an adapter. Running requests of it must have finished (the async front waits for them)."""
+        adapter = self.bank.adapters.get(name)
         self.bank.remove(name)
+        if isinstance(adapter, ParaAdapter):
+            self.para.remove(name)
+        elif isinstance(adapter, LoraAdapter):
+            self.lora.remove(name)
+
+    def _layer_sites(self, index: int, targets) -> dict[str, Site]:
+        key = (index, tuple(targets))
+        if key not in self._sites:  # resolving is ~0.1 ms a layer: once per (layer, targets), not per prefill
+            self._sites[key] = resolve_sites(self.model, self.bank.layers[index], list(targets))
+        return self._sites[key]
 
     def _ia3_site(self, path: str, vector: torch.Tensor, side: str) -> tuple[int, Site]:
         prefix = self.bank.layers_path + "."
@@ -83,7 +127,10 @@ class Engine:
             raise KeyError(f"unknown adapter {request.adapter!r}; loaded: {sorted(self.bank.adapters)}")
         if not request.prompt_ids:
             raise ValueError("a request needs at least one prompt token")
-        if request.reserved_tokens > self.kv_budget_tokens:
+        if request.reserved_tokens > self.max_seq_len:
+            raise ValueError(f"request needs {request.reserved_tokens} KV tokens (prompt + max_tokens) but a KV "
+                             f"slot holds {self.max_seq_len} (max_seq_len)")
+        if self.kv_budget_tokens is not None and request.reserved_tokens > self.kv_budget_tokens:
             raise ValueError(f"request needs {request.reserved_tokens} KV tokens (prompt + max_tokens) but the "
                              f"budget is {self.kv_budget_tokens}")
         if request.params.seed is not None:  # on the logits' device: a CPU generator cannot drive CUDA sampling
@@ -101,15 +148,24 @@ class Engine:
         if request in self.waiting:
             self.waiting.remove(request)
 
+    def abort_all(self, reason: str = "error") -> list[Request]:
+        """Finish every running and waiting request with ``reason`` and free their slots (after a failed step)."""
+        aborted = [self.rows[s] for s in sorted(self.rows)] + list(self.waiting)
+        for request in aborted:
+            request.finish_reason = reason
+        self.waiting.clear()
+        self._retire()
+        return aborted
+
     @property
     def running(self) -> list[Request]:
-        return [] if self.batch is None else self.batch.rows
+        return [self.rows[s] for s in sorted(self.rows)]
 
     def reserved_tokens(self) -> int:
-        return sum(r.reserved_tokens for r in self.running)
+        return sum(r.reserved_tokens for r in self.rows.values())
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or bool(self.running)
+        return bool(self.waiting) or bool(self.rows)
 
     def generate(self, requests: list[Request]) -> list[Request]:
         """Run ``requests`` to completion (they join as capacity allows); returns them in the same order."""
@@ -122,83 +178,104 @@ class Engine:
     # ----- the loop -----------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
-        """Admit + prefill, one decode step, retire. Returns the (request, token) pairs produced."""
-        produced = []
-        if self.batch is not None:
-            produced += self._decode()
-            self._retire()
+        """One decode step for the running rows, retire, admit + prefill. Returns the (request, token) pairs."""
+        produced = self._decode() if self.rows else []
+        self._retire()
         admitted = self._admit()
         if admitted:
-            new = self._prefill(admitted)
-            produced += [(r, r.output_ids[-1]) for r in new.rows]
-            self.batch = merge(self.batch, new)
+            produced += self._prefill(admitted)
             self._retire()
-        self.hooks.use(self.batch.tensors if self.batch is not None else RowTensors.empty(len(self.bank.layers)))
         return produced
 
     def _retire(self) -> None:
-        alive = [i for i, r in enumerate(self.batch.rows) if not r.finished]
-        if len(alive) < len(self.batch):
-            self.batch = keep(self.batch, alive) if alive else None
+        for slot in [s for s, r in self.rows.items() if r.finished]:
+            del self.rows[slot]
+            for key in self._scaled.pop(slot, ()):  # zero the row's deltas: the next owner starts clean
+                self.hooks.deltas[key][slot].zero_()
+                self.hooks.users[key] -= 1
+            self._free.append(slot)
 
     def _admit(self) -> list[Request]:
-        admitted, reserved = [], self.reserved_tokens()
-        while self.waiting and len(self.running) + len(admitted) < self.max_batch:
+        admitted, reserved, prompt_tokens = [], self.reserved_tokens(), 0
+        while self.waiting and len(admitted) < len(self._free):
             request = self.waiting[0]
             if request.adapter is not None and request.adapter not in self.bank.adapters:
                 request.finish_reason = "cancelled"  # its adapter was unloaded while it waited
             if request.finished:  # cancelled while waiting
                 self._dropped.append(self.waiting.popleft())
                 continue
-            if reserved + request.reserved_tokens > self.kv_budget_tokens:
-                break  # wait for running requests to free KV memory
+            if self.kv_budget_tokens is not None and reserved + request.reserved_tokens > self.kv_budget_tokens:
+                break  # wait for running requests to free budget
+            if admitted and prompt_tokens + len(request.prompt_ids) > self.max_prefill_tokens:
+                break  # next step: the running rows decode in between
             admitted.append(self.waiting.popleft())
             reserved += request.reserved_tokens
+            prompt_tokens += len(request.prompt_ids)
         return admitted
 
-    def _prefill(self, requests: list[Request]) -> Batch:
-        """One forward over the left-padded prompts of the admitted requests."""
+    def _prefill(self, requests: list[Request]) -> list[tuple[Request, int]]:
+        """One forward over the admitted prompts packed into a single row (per-prompt attention)."""
         start = time.perf_counter()
-        length = max(len(r.prompt_ids) for r in requests)
-        ids = torch.zeros(len(requests), length, dtype=torch.long, device=self.device)
-        mask = torch.zeros(len(requests), length, dtype=torch.long, device=self.device)
-        for row, request in enumerate(requests):
-            ids[row, length - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
-            mask[row, length - len(request.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        tensors = self._row_tensors(requests)
-        self.hooks.use(tensors)
-        self.hooks.on_prefill_layer = self._para_prefill(requests, mask.bool(), tensors)
+        self._free.sort()
+        slots = [self._free.pop(0) for _ in requests]
+        lengths = [len(r.prompt_ids) for r in requests]
+        ids = torch.tensor([t for r in requests for t in r.prompt_ids], device=self.device)[None]
+        plan = self.cache.plan_prefill(slots, lengths, self.device)
+        ends = torch.tensor(lengths, device=self.device).cumsum(0)
+        self._join(slots, requests)
+        self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill(requests, plan.segments))
+        self.hooks.on_prefill_layer = self._para_prefill(requests, slots, plan)
         try:
-            cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self.model(input_ids=ids, position_ids=plan.positions[None], attention_mask=_NO_MASK(self),
+                                past_key_values=self.cache, use_cache=True, logits_to_keep=ends - 1).logits[0]
         finally:
             self.hooks.on_prefill_layer = None
+            self.hooks.step = None
         sampler = Sampler(self.device)
         sampler.set_rows([r.params for r in requests], [r.generator for r in requests])
         tokens = self._record(requests, *sampler(logits))
+        slot_index = torch.tensor(slots, device=self.device)
+        self._positions[slot_index] = torch.tensor(lengths, device=self.device)
+        self._next_tokens[slot_index] = tokens
         self.stats["prefill_seconds"] += time.perf_counter() - start
-        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in requests)
-        return Batch(requests, cache, mask, mask.sum(-1), tokens, tensors)
+        self.stats["prefill_tokens"] += sum(lengths)
+        return [(r, r.output_ids[-1]) for r in requests]
 
     def _decode(self) -> list[tuple[Request, int]]:
         start = time.perf_counter()
-        batch = self.batch
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
-        logits = self.model(input_ids=batch.next_tokens[:, None], attention_mask=batch.mask,
-                            position_ids=batch.positions[:, None], past_key_values=batch.cache,
-                            use_cache=True).logits[:, -1]
-        batch.positions = batch.positions + 1
-        rows = [r.id for r in batch.rows]
-        if rows != self._sampler_rows:  # the batch changed (a join or a leave): new per-row parameters
-            self.sampler.set_rows([r.params for r in batch.rows], [r.generator for r in batch.rows])
-            self._sampler_rows = rows
-        batch.next_tokens = self._record(batch.rows, *self.sampler(logits))
+        slots = sorted(self.rows)
+        rows = [self.rows[s] for s in slots]
+        lo, hi = slots[0], slots[-1] + 1
+        contiguous = hi - lo == len(slots)
+        index = None if contiguous else torch.tensor(slots, device=self.device)
+        positions = self._positions[lo:hi] if contiguous else self._positions[index]
+        tokens = self._next_tokens[lo:hi] if contiguous else self._next_tokens[index]
+        longest = max(len(r.prompt_ids) + len(r.output_ids) for r in rows)  # host-side: no sync
+        plan = self.cache.plan_decode(slots, positions, longest - 1, self.device)
+        lengths = self._positions[lo:hi] + 1
+        mask = decode_mask(lengths, plan.length, self.dtype)
+        self.hooks.step = StepRows("decode", plan.slots, view=(lo, hi) if contiguous else None,
+                                   lora=self._lora_rows_decode(rows))
+        try:
+            logits = self.model(input_ids=tokens[:, None], position_ids=positions[:, None], attention_mask=mask,
+                                past_key_values=self.cache, use_cache=True).logits[:, -1]
+        finally:
+            self.hooks.step = None
+        ids = [r.id for r in rows]
+        if ids != self._sampler_rows:  # the batch changed (a join or a leave): new per-row parameters
+            self.sampler.set_rows([r.params for r in rows], [r.generator for r in rows])
+            self._sampler_rows = ids
+        new = self._record(rows, *self.sampler(logits))
+        if contiguous:
+            self._positions[lo:hi] += 1
+            self._next_tokens[lo:hi] = new
+        else:
+            self._positions[index] += 1
+            self._next_tokens[index] = new
         self.stats["decode_seconds"] += time.perf_counter() - start
         self.stats["decode_steps"] += 1
-        self.stats["decode_tokens"] += len(batch)
-        return list(zip(batch.rows, batch.next_tokens.tolist()))
+        self.stats["decode_tokens"] += len(rows)
+        return [(r, r.output_ids[-1]) for r in rows]
 
     def _record(self, requests: list[Request], tokens: torch.Tensor, logprobs: torch.Tensor | None) -> torch.Tensor:
         """Append each row's new token (one host transfer for the whole step), extend its text, finish it on
@@ -221,65 +298,131 @@ class Engine:
                 request.finish_reason = "length"
         return tokens
 
-    # ----- per-row adapter tensors ----------------------------------------------------------------------
-    def _row_tensors(self, requests: list[Request]) -> RowTensors:
-        """LoRA and (IA)^3 tensors of the new rows (PARA's come from the prompt, during the prefill)."""
-        n = len(requests)
-        tensors = RowTensors.empty(len(self.bank.layers))
-        adapters = [self.bank.adapters.get(r.adapter) if r.adapter else None for r in requests]
-        for path in {p for a in adapters if isinstance(a, LoraAdapter) for p in a.weights}:
-            r_max = max(a.r for a in adapters if isinstance(a, LoraAdapter) and path in a.weights)
-            ref_a, ref_b = next(a.weights[path] for a in adapters if isinstance(a, LoraAdapter) and path in a.weights)
-            A = ref_a.new_zeros(n, r_max, ref_a.shape[1])
-            B = ref_b.new_zeros(n, ref_b.shape[0], r_max)
-            s = ref_a.new_zeros(n, 1, 1)
-            for row, adapter in enumerate(adapters):
-                if isinstance(adapter, LoraAdapter) and path in adapter.weights:
-                    a, b = adapter.weights[path]
-                    A[row, : a.shape[0]], B[row, :, : b.shape[1]], s[row] = a, b, adapter.scaling
-            tensors.lora[path] = (A, B, s)
-        for row, adapter in enumerate(adapters):
+    # ----- per-row adapter state ----------------------------------------------------------------------
+    def _join(self, slots: list[int], requests: list[Request]) -> None:
+        """New rows take their slots: (IA)^3 rows write l - 1 into their delta rows now, PARA rows during the
+        prefill; the tables a row uses are counted so that modules no running row scales are skipped."""
+        for slot, request in zip(slots, requests):
+            self.rows[slot] = request
+            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
+            used = []
             if isinstance(adapter, Ia3Adapter):
-                for path, (vector, side) in adapter.vectors.items():
-                    index, site = self._ia3_site(path, vector, side)
-                    scales = tensors.scales[index] = tensors.scales[index] or {}
-                    if site.module not in scales:  # scales hold deltas: (IA)^3's l is 1 + (l - 1)
-                        scales[site.module] = vector.new_zeros(n, 1, vector.numel())
-                    scales[site.module][row, 0] = vector - 1
-        return tensors
+                for (index, site), (vector, _) in zip(adapter.sites, adapter.vectors.values()):
+                    key = (index, site.module)
+                    self.hooks.deltas[key][slot] = (vector - 1).to(self.dtype)
+                    used.append(key)
+            elif isinstance(adapter, ParaAdapter):
+                for index in adapter.generators:
+                    used += [(index, s.module) for s in self._layer_sites(index, adapter.config.targets).values()]
+            for key in dict.fromkeys(used):
+                self.hooks.users[key] += 1
+            self._scaled[slot] = list(dict.fromkeys(used))
 
-    def _para_prefill(self, requests: list[Request], mask: torch.Tensor, tensors: RowTensors):
-        names = [r.adapter if r.adapter and isinstance(self.bank.adapters.get(r.adapter), ParaAdapter) else None
-                 for r in requests]
-        if not any(names):
+    def _lora_rows_decode(self, rows: list[Request]) -> dict:
+        by_module: dict[str, tuple[list[int], list[int]]] = {}
+        for i, request in enumerate(rows):
+            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
+            if isinstance(adapter, LoraAdapter):
+                for path in self.lora.modules_of[request.adapter]:
+                    index, slots = by_module.setdefault(path, ([], []))
+                    index.append(i)
+                    slots.append(adapter.slot)
+        return {p: (torch.tensor(i, device=self.device), torch.tensor(s, device=self.device))
+                for p, (i, s) in by_module.items()}
+
+    def _lora_rows_prefill(self, requests: list[Request], segments) -> dict:
+        by_module: dict[str, list[tuple[int, int, int]]] = {}
+        for request, (start, end) in zip(requests, segments):
+            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
+            if isinstance(adapter, LoraAdapter):
+                for path in self.lora.modules_of[request.adapter]:
+                    by_module.setdefault(path, []).append((start, end, adapter.slot))
+        return by_module
+
+    def _para_prefill(self, requests: list[Request], slots: list[int], plan):
+        """The prefill's per-layer callback: every PARA row's vectors, from its own prompt, in one batched
+        computation over the adapter tables, written into the row's delta rows before the layer runs."""
+        members = [i for i, r in enumerate(requests)
+                   if r.adapter is not None and isinstance(self.bank.adapters.get(r.adapter), ParaAdapter)]
+        if not members:
             return None
-        dtype = next(self.model.parameters()).dtype
+        adapters = [self.bank.adapters[requests[i].adapter] for i in members]
+        table_slots = [a.slot for a in adapters]
+        kv_slots = torch.tensor([slots[i] for i in members], device=self.device)
+        token_index = torch.cat([torch.arange(*plan.segments[i], device=self.device) for i in members])
+        segments = torch.cat([torch.full((plan.segments[i][1] - plan.segments[i][0],), j, device=self.device)
+                              for j, i in enumerate(members)])
 
         def compute(index: int, hidden: torch.Tensor) -> None:
-            rows = [i for i, name in enumerate(names) if name is not None]
-            stacks, indices = self.bank.para_stack(index, [names[i] for i in rows])
-            vectors: dict[str, torch.Tensor] = {}
-            for stack, idx in zip(stacks, indices):
-                members = [rows[j] for j, k in enumerate(idx) if k >= 0]
-                if not members:
-                    continue
-                select = torch.tensor(members, device=hidden.device)
-                out = stack(hidden[select], mask[select], torch.tensor([k for k in idx if k >= 0],
-                                                                        device=hidden.device))
-                for target, v in out.items():
-                    full = vectors.setdefault(target, v.new_zeros(len(names), v.shape[1]))
-                    full[select] = v
-            if not vectors:
+            if not self.para.targets[index]:
                 return
-            sites = resolve_sites(self.model, self.bank.layers[index], list(vectors))
-            scales = module_scales(self.bank.layers[index], sites, vectors, dtype)
-            existing = tensors.scales[index] or {}
-            for path, delta in scales.items():  # (1 + a)(1 + b) = 1 + (a + b + a b): PARA on top of (IA)^3
-                existing[path] = existing[path] + delta + existing[path] * delta if path in existing else delta
-            tensors.scales[index] = existing
-            self.hooks.scalers[index].scales = existing
+            vectors = self.para.vectors(index, hidden[0, token_index], segments, table_slots)
+            sites = self._layer_sites(index, list(vectors))
+            for path, delta in module_scales(self.bank.layers[index], sites, vectors, self.dtype).items():
+                key = (index, path)
+                if key in self.hooks.deltas:
+                    self.hooks.deltas[key][kv_slots] = delta[:, 0]
 
         return compute
+
+
+def _NO_MASK(engine: Engine) -> torch.Tensor:
+    """A 4-D placeholder: transformers then skips building its own mask; slot_attention builds per-prompt
+    causal masks itself at prefill."""
+    return torch.zeros(1, 1, 1, 1, dtype=engine.dtype, device=engine.device)
+
+
+def _kv_shapes(model) -> list[tuple[int, int]]:
+    """(kv_heads, head_dim) of each attention layer, read by running one token through the model."""
+    shapes: list[tuple[int, int]] = []
+
+    class Probe:
+        is_compileable = False
+
+        def update(self, key, value, layer_idx, cache_kwargs=None):
+            shapes.append((key.shape[1], key.shape[3]))
+            return key, value
+
+        def get_seq_length(self, layer_idx=0):
+            return 0
+
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        model(input_ids=torch.ones(1, 1, dtype=torch.long, device=parameter.device), past_key_values=Probe(),
+              attention_mask=torch.zeros(1, 1, 1, 1, dtype=parameter.dtype, device=parameter.device), use_cache=True)
+    return shapes
+
+
+def _use_slot_attention(model, cache: SlotKVCache) -> None:
+    """Route the model's attention through ``slot_attention``, which wraps the model's own implementation."""
+    inner = model.config._attn_implementation or "eager"
+    if inner == ATTENTION_NAME:  # a second engine on the same model: keep the original implementation
+        inner = getattr(model, "_paratune_inner_attention")
+    model._paratune_inner_attention = inner
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and any(n in type(module).__name__ for n in ("Attention", "Attn")):
+            module._paratune_cache = cache
+            module._paratune_inner_attention = inner
+            module._paratune_eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config._attn_implementation = ATTENTION_NAME
+
+
+def _refuse_sliding_window(model) -> None:
+    config = model.config.get_text_config()
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
+    window = getattr(config, "sliding_window", None)
+    if not layer_types and window is not None and getattr(config, "use_sliding_window", True):
+        sliding = list(range(config.num_hidden_layers))
+    if sliding:
+        raise ValueError(
+            f"the engine serves full-attention models only: {type(model).__name__} (model_type="
+            f"{config.model_type!r}) uses sliding-window or other non-global attention in layers {sliding[:8]}"
+            f"{'...' if len(sliding) > 8 else ''} (sliding_window={window}). Serve a full-attention model, or, if "
+            "no prompt + output exceeds the window, set config.sliding_window = None (and layer_types to "
+            "full_attention) before creating the engine."
+        )
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

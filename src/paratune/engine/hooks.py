@@ -1,57 +1,96 @@
-"""The engine's hooks on a bare transformers model: per-row PARA/(IA)^3 scaling and per-row LoRA deltas.
+"""The engine's hooks on a bare transformers model: per-row scaling deltas and per-row LoRA, read from tables.
 
-The hooks read tensors prepared by the engine (``ModelHooks.tensors``) and never look at adapter names
-(vLLM's split between adapter management and the math inside layers). During a prefill the PARA rows'
-vectors are computed from the prompt, layer by layer, by ``on_prefill_layer`` and stored for the batch.
+The hooks never see adapter names (vLLM's split between adapter management and the math inside layers):
+the engine describes each step in ``StepRows`` (which KV slots the rows are, which rows use which LoRA slot)
+and the hooks index the tables with it. Scaling sites apply ``out + out * delta[slot]``; a module no running
+row scales is skipped outright, and LoRA runs only for the rows that have it.
 """
 
 from __future__ import annotations
 
+import collections
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..para.arch import decoder_layers
-from ..para.scaling import SiteScaler
-from .batch import RowTensors
+from ..para.arch import decoder_layers, module_features
+from .adapter_tables import LoraTables
 
 
-class ModelHooks:
-    def __init__(self, model: nn.Module):
+@dataclass
+class StepRows:
+    kind: str  # "prefill" (one packed row of prompts) | "decode" (one token per row)
+    slots: torch.Tensor  # prefill: (S,) KV slot of each token; decode: (B,) KV slot of each row
+    view: tuple[int, int] | None = None  # decode, rows are the contiguous slots [lo, hi): index by slicing
+    # LoRA, per module path: decode: (row indices, LoRA table slots); prefill: [(start, end, table slot)]
+    lora: dict[str, object] = field(default_factory=dict)
+
+
+class EngineHooks:
+    def __init__(self, model: nn.Module, num_slots: int, lora: LoraTables):
         self.model = model
         _, self.layers = decoder_layers(model)
-        self.scalers = [SiteScaler(layer) for layer in self.layers]
-        self.tensors = RowTensors.empty(len(self.layers))
+        self.num_slots = num_slots
+        self.lora = lora
+        self.dtype = next(model.parameters()).dtype
+        self.deltas: dict[tuple[int, str], torch.Tensor] = {}  # (layer, module path) -> (slots, features)
+        self.users: collections.Counter = collections.Counter()  # (layer, module path) -> running rows scaled
+        self.step: StepRows | None = None
         # Set by the engine for the duration of a prefill: called with (layer index, hidden states entering it).
         self.on_prefill_layer: Callable[[int, torch.Tensor], None] | None = None
-        self._handles = [
-            layer.register_forward_pre_hook(self._before_layer(i), with_kwargs=True)
-            for i, layer in enumerate(self.layers)
-        ]
+        self._handles = [layer.register_forward_pre_hook(self._before_layer(i), with_kwargs=True)
+                         for i, layer in enumerate(self.layers)]
         self._lora_hooked: set[str] = set()
 
-    def use(self, tensors: RowTensors) -> None:
-        self.tensors = tensors
-        for scaler, scales in zip(self.scalers, tensors.scales):
-            scaler.scales = scales
+    # ----- scaling sites (PARA vectors, (IA)^3) -----------------------------------------------------------
+    def hook_site(self, layer: int, site) -> tuple[int, str]:
+        key = (layer, site.module)
+        if key in self.deltas:
+            return key
+        module = self.layers[layer].get_submodule(site.module)
+        features = site.features or module_features(module, site.side)
+        self.deltas[key] = torch.zeros(self.num_slots, features, dtype=self.dtype, device=self._device())
+        if site.side == "output":
+            self._handles.append(module.register_forward_hook(lambda m, a, out: self._scale(key, out)))
+        else:
+            self._handles.append(module.register_forward_pre_hook(
+                lambda m, args: (self._scale(key, args[0]), *args[1:])))
+        return key
 
-    def hook_site(self, layer: int, site) -> None:
-        self.scalers[layer].hook(site)
+    def _scale(self, key, x: torch.Tensor) -> torch.Tensor:
+        if self.users[key] == 0 or self.step is None:
+            return x
+        table, step = self.deltas[key], self.step
+        delta = table[step.view[0]: step.view[1]] if step.view is not None else table[step.slots]
+        # (rows or tokens, features) laid out like x: (B, 1, F), (1, S, F), per-head (..., H, D), or flattened.
+        return torch.addcmul(x, x, delta.reshape(x.shape).to(x.dtype))
 
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    # ----- LoRA ---------------------------------------------------------------------------------------------
     def hook_lora(self, path: str) -> None:
         if path in self._lora_hooked:
             return
         module = self.model.get_submodule(path)
 
         def add_delta(module, args, output):
-            rows = self.tensors.lora.get(path)
+            rows = self.step.lora.get(path) if self.step is not None else None
             if rows is None:
                 return output
-            a, b, scaling = rows  # (B, r, in), (B, out, r), (B, 1, 1)
-            x = args[0].to(a.dtype)
-            delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
-            return output + (delta * scaling).to(output.dtype)
+            x, a, b, scaling = args[0], self.lora.a[path], self.lora.b[path], self.lora.scaling
+            if self.step.kind == "decode":
+                index, slots = rows
+                xa = torch.bmm(x[index].to(a.dtype), a[slots].transpose(1, 2))  # (n, 1, r)
+                delta = torch.bmm(xa, b[slots].transpose(1, 2)) * scaling[slots][:, None, None]
+                return output.index_add(0, index, delta.to(output.dtype))
+            output = output.clone()
+            for start, end, slot in rows:  # prefill: one matmul pair per prompt (punica's segmented LoRA)
+                segment = x[:, start:end].to(a.dtype)
+                output[:, start:end] += ((segment @ a[slot].T) @ b[slot].T * scaling[slot]).to(output.dtype)
+            return output
 
         self._handles.append(module.register_forward_hook(add_delta))
         self._lora_hooked.add(path)
@@ -66,5 +105,3 @@ class ModelHooks:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for scaler in self.scalers:
-            scaler.remove()
