@@ -38,6 +38,8 @@ class GenerateConfig:
     top_k: int = field(default=0, metadata={"help": "0 = no top-k cut"})
     seed: Optional[int] = field(default=None, metadata={"help": "sampling seed"})
     output: Optional[str] = field(default=None, metadata={"help": "write JSONL here instead of stdout"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -52,6 +54,10 @@ class GenerateConfig:
             raise ValueError(f"use_adapter must name a loaded adapter ({sorted(self.adapters)}; load with --adapter "
                              f"NAME=PATH), got {self.use_adapter!r}")
         SamplingParams(**self.sampling())  # ValueError naming the field, its value and the accepted range
+        from .models import resolve_device, resolve_dtype
+
+        resolve_dtype(self.dtype)
+        resolve_device(self.device)
 
     def sampling(self) -> dict:
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -115,10 +121,7 @@ def generate(config: GenerateConfig) -> int:
         if item["adapter"] is not None and item["adapter"] not in adapters:
             raise ValueError(f"{item['_where']}: adapter {item['adapter']!r} is not loaded; loaded: "
                              f"{sorted(adapters)} (load with --adapter NAME=PATH)")
-    backbone = load_backbone(config.model)
-    engine = Engine(backbone.model, backbone.tokenizer, max_batch=max(len(items), 1))
-    for name, path in adapters.items():
-        engine.add_adapter(name, path)
+    backbone = load_backbone(config.model, dtype=config.dtype, device=config.device)
     requests = []
     for item in items:
         params = {k: v for k, v in item.items() if k in _SAMPLING and v is not None}
@@ -127,6 +130,11 @@ def generate(config: GenerateConfig) -> int:
         except ValueError as error:
             raise ValueError(f"{item['_where']}: {error}") from None
         requests.append(Request(encode(backbone.tokenizer, item["prompt"], config.chat), item["adapter"], sampling))
+    # KV slots sized for the longest request, at most 64 running at once (the rest queue for a slot).
+    engine = Engine(backbone.model, backbone.tokenizer, max_batch=min(max(len(requests), 1), 64),
+                    max_seq_len=max(r.reserved_tokens for r in requests))
+    for name, path in adapters.items():
+        engine.add_adapter(name, path)
     engine.generate(requests)
     out = open(config.output, "w", encoding="utf-8") if config.output else sys.stdout
     try:

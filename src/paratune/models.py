@@ -40,6 +40,37 @@ def cache_dir() -> Path:
     return Path(base) / "paratune"
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``--dtype`` values: float32/fp32, bfloat16/bf16, float16/fp16 (or a torch.dtype)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``--device`` values: cpu, cuda, cuda:N, mps, or auto (cuda when available, else cpu); refused when the
+    device is not there, so a typo or a missing GPU fails at start, not at the first request."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but torch.cuda.is_available() is False here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but only {torch.cuda.device_count()} CUDA devices exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but MPS is not available here")
+    return device
+
+
 def load_backbone(
     name_or_path: str = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,
@@ -58,6 +89,7 @@ def load_backbone(
         folder = name_or_path
         if os.path.sep in name_or_path and not os.path.exists(name_or_path):
             raise FileNotFoundError(f"model folder {name_or_path!r} does not exist")
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
     model.eval()

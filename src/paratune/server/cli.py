@@ -32,7 +32,13 @@ class ServeConfig:
     queue_size: int = field(default=256, metadata={"help": "waiting requests before 429"})
     max_prompt_tokens: int = field(default=2048, metadata={"help": "longest prompt accepted (400 beyond)"})
     max_completion_tokens: int = field(default=1024, metadata={"help": "largest max_tokens accepted"})
-    kv_budget_tokens: int = field(default=65536, metadata={"help": "KV cache budget (prompt + max_tokens)"})
+    kv_budget_tokens: int = field(default=65536, metadata={
+        "help": "tokens (prompt + max_tokens) the running requests may reserve together"})
+    max_seq_len: Optional[int] = field(default=None, metadata={
+        "help": "KV slot size in tokens: max_concurrent slots are allocated at start (default: "
+        "max_prompt_tokens + max_completion_tokens)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 (weights and KV cache)"})
     log_level: str = field(default="warning", metadata={"help": f"uvicorn log level: {', '.join(LOG_LEVELS)}"})
 
     def __post_init__(self):
@@ -54,6 +60,11 @@ class ServeConfig:
         for name in ("max_concurrent", "max_prompt_tokens", "max_completion_tokens", "kv_budget_tokens"):
             check(name, integer(getattr(self, name), 1), "a positive integer")
         check("queue_size", integer(self.queue_size, 0), "an integer >= 0")
+        check("max_seq_len", self.max_seq_len is None or integer(self.max_seq_len, 2), "None or an integer >= 2")
+        from ..models import resolve_device, resolve_dtype
+
+        resolve_dtype(self.dtype)  # ValueError naming the accepted values
+        resolve_device(self.device)
         check("api_key", self.api_key is None or (isinstance(self.api_key, str) and bool(self.api_key)),
               "a non-empty string or None")
         if isinstance(self.log_level, str):
@@ -87,9 +98,12 @@ def serve(config: ServeConfig) -> int:
     if root is not None:
         for name, path in adapter_folders(root).items():
             adapters.setdefault(name, str(path))
-    backbone = load_backbone(config.model)
+    backbone = load_backbone(config.model, dtype=config.dtype, device=config.device)
     engine = Engine(backbone.model, backbone.tokenizer, max_batch=config.max_concurrent,
-                    kv_budget_tokens=config.kv_budget_tokens)
+                    kv_budget_tokens=config.kv_budget_tokens,
+                    max_seq_len=config.max_seq_len or config.max_prompt_tokens + config.max_completion_tokens)
+    print(f"KV cache: {config.max_concurrent} slots x {engine.max_seq_len} tokens = "
+          f"{engine.kv_cache_bytes / 2 ** 30:.2f} GiB ({config.dtype} on {engine.device})")
     for name, path in adapters.items():
         kind = engine.add_adapter(name, path)
         print(f"adapter {name!r} ({kind}) from {path}")
