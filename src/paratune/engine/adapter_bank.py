@@ -1,5 +1,5 @@
 """The adapter bank: loads PEFT-format PARA, LoRA and (IA)^3 adapters against one backbone and owns their
-weights. Layers never see adapter names: the batch asks the bank for per-row tensors.
+weights until the engine writes them into its adapter tables (``adapter_tables.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..para.arch import decoder_layers, resolve_sites
-from ..para.batched import StackedGenerators
-from ..para.config import TARGETS, ParaConfig
+from ..para.config import ParaConfig
 from ..para.generator import VectorGenerator
 
 CONFIG_FILE = "adapter_config.json"
@@ -161,29 +160,6 @@ class AdapterBank:
             return self.model.get_submodule(module_path)
         except AttributeError:
             raise AdapterError(f"{path}: the backbone has no module {module_path!r}") from None
-
-    # ----- per-row tensors for the batch ------------------------------------------------------------------
-    def para_stack(self, layer: int, names: list[str]) -> tuple[list[StackedGenerators], list[list[int]]]:
-        """Stack the generators of the PARA adapters in ``names`` (one per row) for one layer, grouped by
-        generator family; return, per family, its stack and each row's index into it (-1: another family).
-        Only the adapters of these rows are gathered, so the cost does not grow with the adapters registered."""
-        families: dict[tuple, list[str]] = {}
-        for name in dict.fromkeys(names):
-            generators = self.adapters[name].generators
-            if layer in generators:
-                g = generators[layer]
-                families.setdefault((g.pooling, type(g.activation).__name__), []).append(name)
-        stacks, indices = [], []
-        for members in families.values():
-            gens = [self.adapters[n].generators[layer] for n in members]
-            widths = {}
-            for g in gens:
-                widths.update(g.widths)
-            order = [t for t in TARGETS if t in widths]
-            stacks.append(StackedGenerators(gens, {t: widths[t] for t in order}))
-            position = {n: i for i, n in enumerate(members)}
-            indices.append([position.get(n, -1) for n in names])
-        return stacks, indices
 
 
 def _strip_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
