@@ -1,4 +1,4 @@
-"""`paratune eval` on hand-made task files, with and without a PARA adapter."""
+"""`paratune eval` (lm-eval front) on a hand-made multiple-choice file, with and without a PARA adapter."""
 
 import json
 
@@ -8,38 +8,64 @@ import transformers
 from peft import PeftModel
 
 from paratune.cli import main
-from paratune.tasks import get_task
-from paratune.tasks.scoring import choice_logliks
+from tests.tasks.test_lm_eval import ITEMS, expected_scores
 
 
 def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
 
-def test_multiple_choice_file_with_para_adapter_passes_the_prompt_mask(tiny_folder, tmp_path, chat_tokenizer):
-    rows = [{"prompt": f"Question {i}: pick one.", "answer": "yes", "choices": ["yes", "no"], "label": i % 2}
-            for i in range(4)]
-    data = write_jsonl(tmp_path / "mc.jsonl", rows)
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_multiple_choice_file_through_the_cli(with_adapter, tiny_folder, tmp_path, capsys, chat_tokenizer):
+    data = write_jsonl(tmp_path / "mc.jsonl", ITEMS)
     out = tmp_path / "result.json"
-    assert main(["eval", "--model", str(tiny_folder / "model"), "--adapter", str(tiny_folder / "tenant"),
-                 "--task", "file", "--data", str(data), "--output", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["n"] == 4 and len(result["predictions"]) == 4
-    model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny_folder / "model"),
-                                      tiny_folder / "tenant").eval()
-    examples = get_task("file").load(str(data), None)
-    expected = choice_logliks(model, chat_tokenizer, examples, prompt_mask_kwarg="para_prompt_mask")
-    for prediction, logliks in zip(result["predictions"], expected):
-        torch.testing.assert_close(torch.tensor(prediction["logliks"]), torch.tensor(logliks), atol=1e-4, rtol=1e-4)
-        assert prediction["pred_index"] == max(range(2), key=lambda k: logliks[k])
-    assert result["accuracy"] == sum(p["correct"] for p in result["predictions"]) / 4
+    adapter = ["--adapter", str(tiny_folder / "tenant")] if with_adapter else []
+    assert main(["eval", "--model", str(tiny_folder / "model"), *adapter, "--task", "multiple-choice",
+                 "--data", str(data), "--limit", "3", "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\nlm-eval results written")[0])
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder / "model").eval()
+    if with_adapter:
+        model = PeftModel.from_pretrained(model, tiny_folder / "tenant").eval()
+    acc, acc_norm, lls = expected_scores(model, chat_tokenizer, ITEMS[:3])
+    assert printed["n"] == 3
+    assert printed["acc"] == pytest.approx(acc) and printed["acc_norm"] == pytest.approx(acc_norm)
+    results = json.loads(out.read_text())  # lm-eval's result JSON
+    assert results["results"]["multiple_choice"]["acc,none"] == pytest.approx(acc)
+    assert results["n-samples"]["multiple_choice"]["effective"] == 3
+    assert results["paratune"]["summary"]["acc_norm"] == pytest.approx(acc_norm)
+    samples = [json.loads(line) for line in out.with_name("result.samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3
+    for sample, expected in zip(samples, lls):
+        torch.testing.assert_close(torch.tensor([r[0][0] for r in sample["resps"]], dtype=torch.float64),
+                                   torch.tensor(expected, dtype=torch.float64), atol=2e-4, rtol=0)
+
+
+GOOD = {"query": "q", "choices": ["a", "b"], "gold": 0}
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"choices": ["a", "b"], "gold": 0}, "field 'query'"),
+    ({"query": "q", "choices": ["a"], "gold": 0}, "field 'choices'"),
+    ({"query": "q", "choices": ["a", 3], "gold": 0}, "field 'choices'"),
+    ({"query": "q", "choices": ["a", "b"], "gold": 2}, "field 'gold'"),
+    ({"query": "q", "choices": ["a", "b"], "gold": "0"}, "field 'gold'"),
+    ("{not json", "malformed JSON"),
+])
+def test_invalid_multiple_choice_lines_name_file_line_and_field(bad, field, tiny_folder, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "bad.jsonl", [GOOD, bad])
+    assert main(["eval", "--model", str(tiny_folder / "model"), "--task", "multiple-choice",
+                 "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data} line 2: " in err and field in err
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "file"], "--task file needs --data"),
-    (["--task", "file", "--data", "missing.jsonl"], "missing.jsonl"),
+    (["--task", "multiple-choice"], "--task multiple-choice needs --data"),
+    (["--task", "multiple-choice", "--data", "missing.jsonl"], "missing.jsonl"),
     (["--task", "sst2", "--adapter", "nowhere"], "has no adapter_config.json"),
+    (["--task", "sst2", "--data", "x.jsonl"], "--data is for --task multiple-choice"),
+    (["--task", "file", "--data", "x.jsonl"], "replaced by --task multiple-choice"),
 ])
 def test_eval_errors_are_clear(tiny_folder, capsys, args, message):
     assert main(["eval", "--model", str(tiny_folder / "model"), *args]) == 2
