@@ -109,6 +109,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     front = AsyncEngine(engine)
     metrics = ServerMetrics()
     tokenizer = engine.tokenizer
+    vocab_size = engine.model.get_input_embeddings().num_embeddings
 
     @asynccontextmanager
     async def lifespan(app):
@@ -165,7 +166,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                        "model", "model_not_found")
 
     def sampling(body, logprobs: bool) -> SamplingParams:
-        max_tokens = body.max_tokens or config.default_max_tokens
+        max_tokens = config.default_max_tokens if body.max_tokens is None else max(body.max_tokens, 1)
         if max_tokens > config.max_completion_tokens:
             raise ApiError(400, f"max_tokens must be <= {config.max_completion_tokens}, got {max_tokens}",
                            param="max_tokens")
@@ -259,24 +260,107 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def completions(body: CompletionRequest, http: HttpRequest):
         start = time.perf_counter()
         adapter = resolve_adapter(body.model)
-        request = admit(tokenizer(body.prompt)["input_ids"], adapter, sampling(body, body.logprobs is not None),
-                        "prompt")
+        ids = list(body.prompt) if isinstance(body.prompt, list) else tokenizer(body.prompt)["input_ids"]
+        if isinstance(body.prompt, list) and max(ids) >= vocab_size:
+            raise ApiError(400, f"prompt token ids must be < {vocab_size} (the vocabulary size)", param="prompt")
+        if body.max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens: Input should be greater than or equal to 1 (0 is allowed only with "
+                           "echo=true, to score the prompt)", param="max_tokens")
+        scoring = body.echo and body.logprobs is not None
+        context = check_context(body, ids, adapter, scoring)
+        request = admit(ids, adapter, sampling(body, body.logprobs is not None), "prompt")
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        prompt_text = body.prompt if isinstance(body.prompt, str) else tokenizer.decode(ids)
 
         def chunk(text, finish_reason, logprobs=None):
             return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
                     "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
+        if scoring and body.stream:
+            raise ApiError(400, "echo with logprobs is not streamed; send stream=false", param="stream")
         if body.stream:
             return stream(http, request, start, "completions",
                           lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None))
+        if scoring:
+            return await echo_scores(body, http, request, ids, context, prompt_text, start, chunk)
+        if body.max_tokens == 0:  # echo without logprobs: the prompt, nothing generated
+            request.finish_reason = "length"
+            observe(request, "completions", start, 200)
+            return {**chunk(prompt_text, "length"), "usage": usage(request)}
         done = await run_to_end(http, request, start, "completions")
         logprobs = None
         if done.params.logprobs:
             tokens, values = token_logprobs(done)
             logprobs = {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": None}
-        body_text = (body.prompt if body.echo else "") + done.text
+        body_text = (prompt_text if body.echo else "") + done.text
         return {**chunk(body_text, FINISH.get(done.finish_reason, "stop"), logprobs), "usage": usage(done)}
+
+    def check_context(body, ids: list[int], adapter: str | None, scoring: bool) -> int:
+        """How many leading prompt tokens a PARA adapter pools (all of them unless ``context_tokens``)."""
+        n = body.context_tokens
+        if n is not None and n > len(ids):
+            raise ApiError(400, f"context_tokens is {n} but the prompt has {len(ids)} tokens", param="context_tokens")
+        para = adapter is not None and engine.bank.kind(adapter) == "PARA"
+        if para and scoring and n is None:
+            raise ApiError(400, f"{adapter!r} is a PARA adapter: echo with logprobs scores the prompt, and a PARA "
+                           "adapter must pool only the context part of it, never the continuation being scored. "
+                           "Send context_tokens (the number of leading prompt tokens that are the context), e.g. "
+                           "with lm-eval's model 'paratune-completions' (paratune.evaluation.api), which sends it",
+                           param="context_tokens", code="context_required")
+        if para and n is not None and n < len(ids) and (body.max_tokens is None or body.max_tokens > 1):
+            raise ApiError(400, "with context_tokens shorter than the prompt a PARA adapter can score the prompt and "
+                           "at most one next token (max_tokens 0 or 1): generation pools the whole prompt",
+                           param="max_tokens")
+        return len(ids) if n is None else n
+
+    async def echo_scores(body, http: HttpRequest, request: Request, ids: list[int], context: int,
+                          prompt_text: str, start: float, chunk) -> dict:
+        """echo + logprobs: every prompt token's log-probability (OpenAI's legacy shape, the first token None),
+        from one side forward on the engine thread; with max_tokens 1 the next token comes from the same forward,
+        with more the engine generates them after."""
+        top_k = body.logprobs
+        want_next = body.max_tokens is not None and body.max_tokens <= 1
+        try:
+            scores = await front._run(lambda: score_prompt(engine, ids, request.adapter, context, top_k,
+                                                           request.params if body.max_tokens == 1 else None))
+        except NoFreeSlot:
+            request.finish_reason = "cancelled"
+            raise ApiError(429, "every KV slot is busy; retry later", "rate_limit_error", None, "queue_full") from None
+        except KeyError:
+            request.finish_reason = "cancelled"
+            raise ApiError(404, f"model {request.adapter!r} was unloaded", "not_found_error", "model",
+                           "model_not_found") from None
+        tokens = [tokenizer.decode([t]) for t in ids]
+        values = [None] + scores.values
+        tops = [None] + [{tokenizer.decode([t]): v for t, v in row} for row in scores.top]
+        generated = []
+        if want_next:
+            if scores.next_token is not None:
+                token, value, top = scores.next_token
+                request.output_ids.append(token)
+                generated = [(tokenizer.decode([token]), value, {tokenizer.decode([t]): v for t, v in top})]
+            request.finish_reason = "length"
+            observe(request, "completions", start, 200)
+            text_tail = "".join(g[0] for g in generated)
+            finish = "length"
+        else:
+            done = await run_to_end(http, request, start, "completions")
+            text_tail, finish = done.text, FINISH.get(done.finish_reason, "stop")
+            generated = [(tokenizer.decode([t]), v, None) for t, v in zip(done.output_ids, done.logprobs)]
+        offsets = text_offsets(ids, prompt_text)
+        end = len(prompt_text)
+        for g in generated:
+            offsets.append(end)
+            end += len(g[0])
+        logprobs = {"tokens": tokens + [g[0] for g in generated],
+                    "token_logprobs": values + [g[1] for g in generated],
+                    "top_logprobs": tops + [g[2] for g in generated],
+                    "text_offset": offsets}
+        return {**chunk(prompt_text + text_tail, finish, logprobs), "usage": usage(request)}
+
+    def text_offsets(ids: list[int], text: str) -> list[int]:
+        """Character offset of each prompt token in the echoed text (decoded prefix lengths, clipped to it)."""
+        return [min(len(tokenizer.decode(ids[:i])), len(text)) for i in range(len(ids))]
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: HttpRequest):
@@ -369,6 +453,80 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return {"id": name, "object": "adapter", "deleted": True}
 
     return app
+
+
+class NoFreeSlot(Exception):
+    """Echo scoring needs a free KV slot for the scored row's adapter deltas; every slot is running."""
+
+
+@dataclass
+class PromptScores:
+    values: list[float]  # log-probability of prompt token t given tokens < t, t = 1 .. T-1
+    top: list[list[tuple[int, float]]]  # the top-k (token, log-probability) at each of those positions
+    next_token: tuple[int, float, list[tuple[int, float]]] | None  # sampled after the prompt, when asked
+
+
+def score_prompt(engine: Engine, ids: list[int], adapter: str | None, context: int, top_k: int,
+                 next_params: SamplingParams | None) -> PromptScores:
+    """Log-probabilities of every prompt token under ``adapter``, from one side forward of the engine's model.
+
+    Runs on the engine thread between steps (``AsyncEngine._run``), like the engine's own prefill but writing
+    no KV: the prompt is planned as one prefill segment, the forward runs without a cache, and the scratch row
+    borrows a free slot only for its adapter deltas ((IA)^3 at join, PARA per layer), released at once. A PARA
+    adapter pools tokens ``[0, context)`` only (the context), never the scored continuation after it.
+    Engine internals used: ``_free``, ``_join``, ``_retire``, ``_lora_rows_prefill``, ``_para_prefill``,
+    ``cache.plan``, ``hooks.step`` / ``on_prefill_layer`` (a candidate for an ``Engine.score_prompt``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..engine.engine import _NO_MASK
+    from ..engine.hooks import StepRows
+    from ..engine.kv_cache import StepPlan
+    from ..engine.sampler import Sampler
+
+    if adapter is not None and adapter not in engine.bank.adapters:
+        raise KeyError(adapter)
+    if not engine._free:
+        raise NoFreeSlot()
+    device, T = engine.device, len(ids)
+    scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
+    engine._free.sort()
+    slot = engine._free.pop(0)
+    saved_plan = engine.cache.plan
+    positions = torch.arange(T, device=device)
+    plan = StepPlan("prefill", torch.full((T,), slot, device=device), positions, segments=[(0, T)])
+    pooled = StepPlan("prefill", plan.slots[:context], positions[:context], segments=[(0, context)])
+    try:
+        engine._join([slot], [scratch])
+        engine.cache.plan = plan
+        engine.hooks.step = StepRows("prefill", plan.slots, lora=engine._lora_rows_prefill([scratch], plan.segments))
+        engine.hooks.on_prefill_layer = engine._para_prefill([scratch], [slot], pooled)
+        with torch.inference_mode():
+            logits = engine.model(input_ids=torch.tensor([ids], device=device), position_ids=positions[None],
+                                  attention_mask=_NO_MASK(engine), use_cache=False).logits[0].float()
+    finally:
+        engine.hooks.on_prefill_layer = None
+        engine.hooks.step = None
+        engine.cache.plan = saved_plan
+        scratch.finish_reason = "length"
+        engine._retire()  # zeroes the slot's deltas, releases it
+    logp = F.log_softmax(logits, dim=-1)
+    target = torch.tensor(ids[1:], device=logp.device)
+    values = logp[:-1].gather(-1, target[:, None])[:, 0].tolist()
+    top: list[list[tuple[int, float]]] = [[] for _ in range(T - 1)]
+    if top_k:
+        best = logp[:-1].topk(top_k, dim=-1)
+        top = [list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())]
+    next_token = None
+    if next_params is not None:
+        sampler = Sampler(device)
+        generator = torch.Generator(device="cpu").manual_seed(next_params.seed) if next_params.seed is not None else None
+        sampler.set_rows([next_params], [generator])
+        token = int(sampler(logits[-1:])[0][0])
+        last = logp[-1]
+        best = last.topk(max(top_k, 1))
+        next_token = (token, float(last[token]), list(zip(best.indices.tolist(), best.values.tolist()))[:top_k])
+    return PromptScores(values, top, next_token)
 
 
 def _is_type_tag(part) -> bool:

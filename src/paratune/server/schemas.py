@@ -33,19 +33,36 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str]]
+    """``prompt``: a string, or token ids (lm-eval's ``local-completions`` sends ``[[ids]]``). ``max_tokens: 0``
+    (only with ``echo``) generates nothing: with ``logprobs``, the answer is the prompt's own token
+    log-probabilities. ``context_tokens`` (paratune's extension): the prompt's first N tokens are the context,
+    the rest a continuation being scored; a PARA adapter pools the context only (required for echo scoring on a
+    PARA adapter)."""
+
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: Optional[int] = None  # >= 1, or 0 with echo (checked by the endpoint, which knows echo)
     logprobs: Optional[int] = Field(default=None, ge=0, le=1)
     echo: bool = False
+    context_tokens: Optional[int] = Field(default=None, ge=1)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value):
+        if value is not None and value < 0:
+            raise ValueError("Input should be greater than or equal to 1 (or 0 with echo=true, to score the prompt)")
+        return value
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value):
-        if isinstance(value, list):
+        if isinstance(value, list) and value and not isinstance(value[0], int):
             if len(value) != 1:
-                raise ValueError("prompt must be a string (or a list with exactly one string)")
+                raise ValueError("prompt must be a string (or a list with exactly one string or token list)")
             value = value[0]
         if not value:
             raise ValueError("prompt must not be empty")
+        if isinstance(value, list) and any(t < 0 for t in value):
+            raise ValueError("prompt token ids must be >= 0")
         return value
 
 
