@@ -218,3 +218,37 @@ def test_builtin_cloze_rendering_of_the_alpaca_files(tmp_path, chat_tokenizer, b
                                 "The producers in all ecosystems are plants."], "gold": 0}
     with pytest.raises(ValueError, match="partial scoring"):
         export_multiple_choice("winogrande", tmp_path / "w.jsonl", limit=1)
+
+
+@needs_data
+def test_every_builtin_task_renders_and_loads_the_whole_local_split(tmp_path):
+    """lm-eval builds each task from the local files: full evaluation-split sizes (as in ../shared/data's
+    README) and lm-eval's rendering of the first item."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from paratune.evaluate import TASK_NAMES
+    from paratune.evaluation import TASKS, render_tasks
+
+    assert set(TASK_NAMES) == set(TASKS)
+    names = ["arc-easy", "openbookqa", "social_i_qa", "winogrande", "copa", "boolq", "sst2", "gsm8k", "squad"]
+    folders = render_tasks(names, out=tmp_path / "tasks")
+    tasks = get_task_dict([TASKS[n].lm_eval_name for n in names],
+                          TaskManager(include_path=[str(f) for f in folders], include_defaults=False))
+    sizes = {"arc_easy": 2376, "openbookqa": 500, "social_iqa": 1954, "winogrande": 1267, "copa": 100,
+             "boolq": 3270, "sst2": 872, "gsm8k": 1319, "squad": 10570}
+    assert {name: len(list(task.eval_docs)) for name, task in tasks.items()} == sizes
+    first = {name: next(iter(task.eval_docs)) for name, task in tasks.items()}
+    assert tasks["openbookqa"].doc_to_text(first["openbookqa"]).startswith("A person wants to start saving money")
+    assert tasks["social_iqa"].doc_to_text(first["social_iqa"]).startswith("Q: Tracy didn't go home that evening")
+    assert tasks["winogrande"].doc_to_choice(first["winogrande"]) == [
+        "Sarah was a much better surgeon than Maria so Sarah", "Sarah was a much better surgeon than Maria so Maria"]
+    assert tasks["winogrande"].doc_to_target(first["winogrande"]) == "always got the easier cases."
+    assert tasks["copa"].doc_to_text(first["copa"]) == "The man turned on the faucet therefore"
+    assert tasks["copa"].doc_to_choice(first["copa"]) == [" the toilet filled with water.",
+                                                          " water flowed from the spout."]
+    assert tasks["boolq"].doc_to_text(first["boolq"]).endswith(
+        "\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert tasks["sst2"].doc_to_text(first["sst2"]) == (
+        "it 's a charming and often affecting journey . \nQuestion: Is this sentence positive or negative?\nAnswer:")
+    assert tasks["squad"].doc_to_text(first["squad"]).startswith("Title: Super_Bowl_50\n\nBackground: ")
+    assert tasks["gsm8k"].config.num_fewshot == 5 and tasks["gsm8k"].has_training_docs()

@@ -163,7 +163,7 @@ def _convert_sst2(tsv: Path, out: Path) -> None:
     lines = tsv.read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
     s, lab = header.index("sentence"), header.index("label")
-    rows = [{"sentence": cols[s].strip(), "label": int(cols[lab])}
+    rows = [{"sentence": cols[s], "label": int(cols[lab])}  # as GLUE has it (trailing space kept)
             for cols in (line.split("\t") for line in lines[1:] if line.strip())]
     _write_if_changed(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
