@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ class Engine:
         self._scaled: dict[int, list[tuple[int, str]]] = {}  # slot -> delta tables its row uses
         self.eos_ids = _eos_ids(model, tokenizer)
         self.sampler = Sampler(self.device)  # the running rows' sampling parameters, rebuilt on join/leave
-        self._sampler_rows: list[int] = []
+        self._layout: _DecodeLayout | None = None
         self._detokenizer_backend = engine_tokenizer(tokenizer)
         self.stats = collections.Counter()
         self._dropped: list[Request] = []  # finished without running (cancelled while queued)
@@ -243,30 +244,22 @@ class Engine:
 
     def _decode(self) -> list[tuple[Request, int]]:
         start = time.perf_counter()
-        slots = sorted(self.rows)
-        rows = [self.rows[s] for s in slots]
-        lo, hi = slots[0], slots[-1] + 1
-        contiguous = hi - lo == len(slots)
-        index = None if contiguous else torch.tensor(slots, device=self.device)
-        positions = self._positions[lo:hi] if contiguous else self._positions[index]
-        tokens = self._next_tokens[lo:hi] if contiguous else self._next_tokens[index]
+        layout = self._decode_layout()
+        rows, (lo, hi), index = layout.rows, layout.view, layout.index
+        positions = self._positions[lo:hi] if index is None else self._positions[index]
+        tokens = self._next_tokens[lo:hi] if index is None else self._next_tokens[index]
         longest = max(len(r.prompt_ids) + len(r.output_ids) for r in rows)  # host-side: no sync
-        plan = self.cache.plan_decode(slots, positions, longest - 1, self.device)
-        lengths = self._positions[lo:hi] + 1
-        mask = decode_mask(lengths, plan.length, self.dtype)
-        self.hooks.step = StepRows("decode", plan.slots, view=(lo, hi) if contiguous else None,
-                                   lora=self._lora_rows_decode(rows))
+        self.cache.plan = layout.plan
+        layout.plan.positions, layout.plan.length = positions, longest
+        mask = decode_mask(self._positions[lo:hi] + 1, longest, self.dtype)
+        self.hooks.step = layout.step
         try:
             logits = self.model(input_ids=tokens[:, None], position_ids=positions[:, None], attention_mask=mask,
                                 past_key_values=self.cache, use_cache=True).logits[:, -1]
         finally:
             self.hooks.step = None
-        ids = [r.id for r in rows]
-        if ids != self._sampler_rows:  # the batch changed (a join or a leave): new per-row parameters
-            self.sampler.set_rows([r.params for r in rows], [r.generator for r in rows])
-            self._sampler_rows = ids
         new = self._record(rows, *self.sampler(logits))
-        if contiguous:
+        if index is None:
             self._positions[lo:hi] += 1
             self._next_tokens[lo:hi] = new
         else:
@@ -276,6 +269,23 @@ class Engine:
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += len(rows)
         return [(r, r.output_ids[-1]) for r in rows]
+
+    def _decode_layout(self) -> "_DecodeLayout":
+        """Everything about a decode step that depends only on which requests run, rebuilt on a join or a
+        leave, not every step: slot order, the view, index tensors, LoRA rows, the sampler's parameters."""
+        slots = sorted(self.rows)
+        key = tuple((s, self.rows[s].id) for s in slots)
+        if self._layout is not None and self._layout.key == key:
+            return self._layout
+        rows = [self.rows[s] for s in slots]
+        lo, hi = slots[0], slots[-1] + 1
+        index = None if hi - lo == len(slots) else torch.tensor(slots, device=self.device)
+        plan = self.cache.plan_decode(slots, self._positions[:0], 0, self.device)
+        step = StepRows("decode", plan.slots, view=(lo, hi) if index is None else None,
+                        lora=self._lora_rows_decode(rows))
+        self.sampler.set_rows([r.params for r in rows], [r.generator for r in rows])
+        self._layout = _DecodeLayout(key, rows, (lo, hi), index, plan, step)
+        return self._layout
 
     def _record(self, requests: list[Request], tokens: torch.Tensor, logprobs: torch.Tensor | None) -> torch.Tensor:
         """Append each row's new token (one host transfer for the whole step), extend its text, finish it on
@@ -364,6 +374,16 @@ class Engine:
                     self.hooks.deltas[key][kv_slots] = delta[:, 0]
 
         return compute
+
+
+@dataclass
+class _DecodeLayout:
+    key: tuple
+    rows: list[Request]
+    view: tuple[int, int]
+    index: torch.Tensor | None  # slot indices when the rows are not a contiguous range
+    plan: object
+    step: StepRows
 
 
 def _NO_MASK(engine: Engine) -> torch.Tensor:
