@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -153,34 +152,30 @@ def _train(args) -> int:
 
 
 def _bench_config_class():
-    from .bench.serve_bench import SHAPES, BenchConfig
+    """``bench.serve_bench.BenchConfig`` (it validates its own fields)."""
+    from .bench.serve_bench import BenchConfig
 
-    @dataclass
-    class BenchServeConfig(BenchConfig):
-        """``paratune bench serve``: ``bench.serve_bench.BenchConfig`` with its values checked."""
-
-        def __post_init__(self):
-            check("shapes", self.shapes, isinstance(self.shapes, list) and bool(self.shapes)
-                  and all(s in SHAPES for s in self.shapes), f"a non-empty list of {', '.join(SHAPES)}")
-            check("concurrency", self.concurrency, isinstance(self.concurrency, list) and bool(self.concurrency)
-                  and all(is_int(c, 1) for c in self.concurrency), "a non-empty list of positive integers")
-            for name in ("prompt_len", "new_tokens", "repeats", "prefill_len", "prefill_batch"):
-                check(name, getattr(self, name), is_int(getattr(self, name), 1), "a positive integer")
-            check("many_adapters", self.many_adapters, is_int(self.many_adapters, 0), "an integer >= 0 (0 skips)")
-            check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in
-                  ("cpu", "cuda", "mps", "xpu"), "cpu, cuda (or cuda:N), mps or xpu")
-            check("output", self.output, isinstance(self.output, str) and bool(self.output.strip()), "a folder path")
-
-    return BenchServeConfig
+    return BenchConfig
 
 
 BENCH_SERVE_HELP = {
-    "shapes": "backbones (smollm2-135m, llama-430m-random)", "concurrency": "request counts",
-    "prompt_len": "prompt tokens per request", "new_tokens": "tokens decoded per request",
-    "repeats": "repeats of each measurement", "prefill_len": "prompt length of the prefill-overhead check",
-    "prefill_batch": "prompts of the prefill-overhead check", "many_adapters": "registered adapters (0 to skip)",
-    "peft_reference": "also time PEFT's mixed-batch LoRA generate", "profile": "profile one decode step",
-    "device": "cpu or cuda", "output": "folder for serve.md / serve.json / serve.png",
+    "systems": "what to run: engine (decode only), llama-batched-bench, paratune (our HTTP server), llama-server",
+    "kinds": "base (no adapter), para, lora (r=16 on q,v,up; one distinct adapter per concurrent client)",
+    "concurrency": "concurrent requests (closed loop) and batch sizes (decode only)",
+    "modes": "HTTP arrival patterns: closed (N clients back to back), poisson (open loop at --poisson-rates)",
+    "poisson_rates": "Poisson arrival rates, requests/s", "poisson_requests": "requests per Poisson run (0 skips)",
+    "repeats": "repeats; systems alternate within each", "prompt_len": "prompt tokens per request",
+    "new_tokens": "tokens generated per request (max_tokens, EOS ignored where the server allows it)",
+    "requests_per_client": "requests each closed-loop client sends", "min_requests": "fewest requests per closed-loop run",
+    "threads": "CPU threads for llama.cpp and for our engine/server", "stream": "stream responses (adds TTFT)",
+    "prefill_len": "prompt length of the PARA prefill-overhead check",
+    "prefill_batch": "prompts of the prefill-overhead check",
+    "peft_reference": "also time PEFT's mixed-batch LoRA generate (decode only)",
+    "engine_model": "backbone of the decode-only engine run (random Llama shapes only with --systems engine)",
+    "device": "device of the decode-only engine run", "dtype": "dtype of the decode-only engine run",
+    "llama_cpp_version": "llama-cpp-python sdist whose vendored llama.cpp is built and cached (empty: the pinned "
+                         "version, bench/llama_cpp.py LLAMA_CPP_PYTHON_VERSION)",
+    "output": "folder for serve.md / serve.json / serve.png",
 }
 
 
@@ -188,8 +183,8 @@ def _bench_serve(args) -> int:
     from .bench.serve_bench import run
 
     cfg = config_from_args(_bench_config_class(), args)
-    summary = run(cfg, shlex.join(["paratune", *args.argv]))
-    print(json.dumps({shape: {k: v for k, v in s.items()} for shape, s in summary.items()}, indent=1))
+    run(cfg, shlex.join(["paratune", *args.argv]))
+    print(f"wrote {Path(cfg.output) / 'serve.md'}, serve.json, serve.png")
     return 0
 
 
@@ -253,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Benchmarks that print a table and write results under --output.")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     serve = bench_kinds.add_parser(
-        "serve", help="decode throughput: base vs PARA vs LoRA (ours) vs PEFT mixed-batch LoRA",
+        "serve", help="serving speed: our engine and HTTP server vs llama.cpp, base / PARA / LoRA tenants",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="N concurrent requests, each on a distinct adapter, through one engine; also prefill cost "
-        "of the generator at long prompts and throughput with 1 vs many registered adapters. Writes "
-        "serve.md, serve.json and serve.png.")
+        description="Base, PARA and LoRA tenants (one distinct adapter per concurrent request): decode-only in "
+        "our engine vs llama-batched-bench, and end to end over HTTP (closed loop at each concurrency, Poisson "
+        "arrivals) through `paratune serve` vs llama-server with per-request LoRA. llama.cpp is built once from "
+        "the llama-cpp-python sdist and cached. Systems alternate within each repeat; writes serve.md, "
+        "serve.json and serve.png. Quick look: --systems engine paratune --concurrency 1 8 --repeats 1 "
+        "--modes closed.")
     add_config_arguments(serve, _bench_config_class(), helps=BENCH_SERVE_HELP)
     serve.set_defaults(func=_bench_serve)
 

@@ -1,67 +1,173 @@
-"""`paratune bench serve`: decode throughput of many tenants in one batch, PARA vs LoRA vs the base model.
+"""`paratune bench serve`: what a user of a multi-tenant server sees, against llama.cpp on the same machine.
 
-Every engine method runs in the same engine on the same backbone; PEFT's own mixed-adapter LoRA ``generate``
-is the outside reference. Methods are interleaved within each repeat so that machine noise hits them alike,
-and ratios are computed per repeat (median and min-max over repeats are reported).
+Systems (``--systems``):
+
+- ``engine``: decode-only throughput inside our engine (``Engine.generate``; decode tokens / decode seconds
+  from ``engine.stats``), plus the PARA generator's prefill overhead at long prompts and, optionally, PEFT's
+  own mixed-batch LoRA ``generate`` as a reference;
+- ``llama-batched-bench``: llama.cpp's decode-only counterpart on the same F32 weights (``S_TG``);
+- ``paratune``: end to end through ``paratune serve`` started as a subprocess, loaded by the HTTP load
+  generator (``http_load``): closed loop at each concurrency N, and Poisson arrivals;
+- ``llama-server``: the same HTTP workloads on llama.cpp's server, base and with one distinct LoRA per
+  client (per-request ``lora`` field, all LoRAs loaded with ``--lora-init-without-apply``).
+
+Kinds (``--kinds``): ``base`` (no adapter), ``para`` and ``lora`` (random-weight adapters, r=16 on q, v, up,
+one distinct adapter per concurrent client). llama.cpp has no PARA, so it runs base and LoRA.
+
+Within each repeat the systems alternate (ours, llama.cpp, ours, llama.cpp) so that machine noise hits both
+alike; the report gives medians and the min-max spread over repeats, and ratios computed within a repeat.
+The llama.cpp peer is built once and cached (``bench.llama_cpp``), never in the test suite.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import platform
-import statistics
+import random
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import peft
-import torch
-import transformers
-from peft import LoraConfig, PeftModel
-
-from ..engine import Engine, Request, SamplingParams
-from ..models import load_backbone
-from ..para import ParaConfig
-
-SHAPES = {
-    "smollm2-135m": "real SmolLM2-135M-Instruct (30 layers, d=576)",
-    "llama-430m-random": "random-weight Llama shape: 24 layers, d=1024, ffn 2816, 16 heads / 4 KV heads, vocab 32000",
+SYSTEMS = ("engine", "llama-batched-bench", "paratune", "llama-server")
+KINDS = ("base", "para", "lora")
+MODES = ("closed", "poisson")
+ENGINE_MODELS = {
+    "smollm2-135m": "real SmolLM2-135M-Instruct (30 layers, d=576), the model every system serves",
+    "llama-430m-random": "random-weight Llama: 24 layers, d=1024, ffn 2816, 16 heads / 4 KV heads, vocab 32000",
+    "llama-8b-random": "random-weight Llama-3-8B shape: 32 layers, d=4096, ffn 14336, 32 heads / 8 KV heads, "
+                       "vocab 128256 (for --device cuda)",
 }
+
+
+def _check(name, value, ok, accepted):
+    if not ok:
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _int(value, minimum):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass
 class BenchConfig:
-    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
-    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    poisson_rates: list[float] = field(default_factory=lambda: [1.0])
+    poisson_requests: int = 32
+    repeats: int = 3
     prompt_len: int = 64
     new_tokens: int = 32
-    repeats: int = 3
+    requests_per_client: int = 2
+    min_requests: int = 4
+    threads: int = 2
+    stream: bool = False
     prefill_len: int = 512
     prefill_batch: int = 4
-    many_adapters: int = 1000
-    peft_reference: bool = True
-    profile: bool = True
+    peft_reference: bool = False
+    engine_model: str = "smollm2-135m"
     device: str = "cpu"
-    output: str = "docs/results"
+    dtype: str = "float32"
+    llama_cpp_version: str = ""
+    output: str = "docs/results/serve"
+
+    def __post_init__(self):
+        from .llama_cpp import LLAMA_CPP_PYTHON_VERSION
+
+        self.llama_cpp_version = self.llama_cpp_version or LLAMA_CPP_PYTHON_VERSION
+        for name, allowed in (("systems", SYSTEMS), ("kinds", KINDS), ("modes", MODES)):
+            value = getattr(self, name)
+            _check(name, value, isinstance(value, list) and bool(value) and all(v in allowed for v in value),
+                   f"a non-empty list of {', '.join(allowed)}")
+        _check("concurrency", self.concurrency, isinstance(self.concurrency, list) and bool(self.concurrency)
+               and all(_int(c, 1) for c in self.concurrency), "a non-empty list of positive integers")
+        _check("poisson_rates", self.poisson_rates, isinstance(self.poisson_rates, list) and all(
+            isinstance(r, (int, float)) and r > 0 for r in self.poisson_rates), "a list of positive rates (req/s)")
+        for name in ("repeats", "prompt_len", "new_tokens", "requests_per_client", "min_requests", "threads",
+                     "prefill_len", "prefill_batch"):
+            _check(name, getattr(self, name), _int(getattr(self, name), 1), "a positive integer")
+        _check("poisson_requests", self.poisson_requests, _int(self.poisson_requests, 0), "an integer >= 0 (0 skips)")
+        _check("engine_model", self.engine_model, self.engine_model in ENGINE_MODELS, ", ".join(ENGINE_MODELS))
+        _check("device", self.device, isinstance(self.device, str) and self.device.split(":")[0] in
+               ("cpu", "cuda", "mps", "xpu"), "cpu, cuda (or cuda:N), mps or xpu")
+        _check("dtype", self.dtype, self.dtype in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16")
+        _check("output", self.output, isinstance(self.output, str) and bool(self.output.strip()), "a folder path")
+        if self.engine_model != "smollm2-135m" and set(self.systems) - {"engine"}:
+            raise ValueError(f"engine_model {self.engine_model!r} runs only with --systems engine (the servers and "
+                             "llama.cpp serve SmolLM2-135M)")
+
+    @property
+    def sorted_levels(self) -> list[int]:
+        return sorted(set(self.concurrency))
 
 
-def _backbone(shape: str, device: str):
-    if shape == "smollm2-135m":
-        backbone = load_backbone("smollm2-135m-instruct", device=device)
-        return backbone.model, backbone.tokenizer
-    if shape == "llama-430m-random":
-        torch.manual_seed(0)
-        config = transformers.LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
-                                          num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=4,
-                                          max_position_embeddings=4096, tie_word_embeddings=False)
-        return transformers.LlamaForCausalLM(config).to(device).eval(), None
-    raise ValueError(f"unknown shape {shape!r}; known: {list(SHAPES)}")
+# ----- workload --------------------------------------------------------------------------------------------
+def word_pool(tokenizer) -> list[str]:
+    """Vocabulary entries that are one lowercase word with a leading space (' house'): joined, n of them
+    tokenise to exactly n tokens, so a prompt has an exact length on both servers (same vocabulary)."""
+    words = []
+    for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        text = tokenizer.convert_tokens_to_string([token])
+        if text.startswith(" ") and text[1:].isalpha() and text[1:].islower() and 3 <= len(text) <= 10:
+            words.append(text)
+    return words
 
 
-def _write_adapters(model, kind: str, n: int, root: Path) -> list[Path]:
-    """n adapters with distinct random weights, written in PEFT format; the model is left unchanged."""
+def _seed(key) -> int:
+    """A seed from any repr-able key, the same in every process (str hashes are randomised per process)."""
+    return int(hashlib.sha256(repr(key).encode()).hexdigest()[:12], 16)
+
+
+def make_prompts(tokenizer, words: list[str], n: int, length: int, seed) -> list[str]:
+    """``n`` distinct prompts of exactly ``length`` tokens (checked; the first word loses its space)."""
+    rng = random.Random(_seed(seed))
+    prompts = []
+    for _ in range(n):
+        for _attempt in range(20):
+            text = "".join(rng.choice(words) for _ in range(length)).lstrip()
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == length:
+                break
+        prompts.append(text)
+    return prompts
+
+
+def paratune_body(prompt: str, adapter: str, cfg: BenchConfig) -> dict:
+    # `ignore_eos` is vLLM's name; a server whose schema ignores unknown fields may still stop at EOS, which the
+    # report counts as short requests (tokens are counted from `usage` either way).
+    return {"model": adapter, "prompt": prompt, "max_tokens": cfg.new_tokens, "temperature": 0.0,
+            "ignore_eos": True}
+
+
+def llama_body(prompt: str, lora_id: int | None, cfg: BenchConfig) -> dict:
+    return {"model": "x", "prompt": prompt, "max_tokens": cfg.new_tokens, "n_predict": cfg.new_tokens,
+            "temperature": 0.0, "ignore_eos": True,
+            "lora": [] if lora_id is None else [{"id": lora_id, "scale": 1.0}]}
+
+
+def n_requests(concurrency: int, cfg: BenchConfig) -> int:
+    return max(concurrency * cfg.requests_per_client, cfg.min_requests)
+
+
+# ----- adapters ----------------------------------------------------------------------------------------------
+def write_adapters(model, kind: str, n: int, root: Path) -> list[Path]:
+    """n adapters with distinct random weights (seeded, so identical on every run), PEFT format."""
+    import peft
+    import torch
+    from peft import LoraConfig
+
+    from ..para import ParaConfig
+
     if kind == "para":
         peft_model = peft.get_peft_model(model, ParaConfig(r=16, targets=["q", "v", "up"]))
         marker = ".generators.default."
@@ -75,7 +181,7 @@ def _write_adapters(model, kind: str, n: int, root: Path) -> list[Path]:
         for i in range(n):
             for name, param in peft_model.named_parameters():
                 if marker in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+                    param.copy_(torch.randn(param.shape, generator=generator).to(param.device, param.dtype) * 0.02)
             paths.append(root / f"{kind}{i}")
             peft_model.save_pretrained(paths[-1])
     peft_model.unload()
@@ -83,222 +189,445 @@ def _write_adapters(model, kind: str, n: int, root: Path) -> list[Path]:
     return paths
 
 
-def _requests(n: int, adapters: list[str | None], cfg: BenchConfig, vocab: int, seed: int, length=None,
-              new_tokens=None):
-    g = torch.Generator().manual_seed(seed)
-    length = length or cfg.prompt_len
-    return [Request(torch.randint(10, vocab - 10, (length,), generator=g).tolist(), adapters[i % len(adapters)],
-                    SamplingParams(max_tokens=new_tokens or cfg.new_tokens, ignore_eos=True)) for i in range(n)]
+def lora_ggufs(llama, lora_paths: list[Path], log) -> list[Path]:
+    """GGUF of each LoRA folder, cached by the hash of its weights (conversion takes seconds per adapter)."""
+    from .llama_cpp import lora_gguf
+
+    out_dir = llama.root / "loras"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outs = []
+    start = time.time()
+    for path in lora_paths:
+        digest = hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+        out = out_dir / f"{path.name}-{digest}.gguf"
+        if not out.is_file():
+            log(f"converting {path.name} to GGUF")
+        outs.append(lora_gguf(llama, path, out))
+    log(f"{len(outs)} LoRA GGUFs ready in {time.time() - start:.0f} s")
+    return outs
 
 
-def _run_engine(engine: Engine, requests: list[Request]) -> dict:
-    engine.stats.clear()
-    start = time.perf_counter()
-    engine.generate(requests)
-    s = engine.stats
-    return {"decode_tok_s": s["decode_tokens"] / s["decode_seconds"], "step_ms": 1000 * s["decode_seconds"]
-            / s["decode_steps"], "prefill_s": s["prefill_seconds"], "wall_s": time.perf_counter() - start}
+# ----- servers ---------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def _run_peft(peft_model, requests: list[Request], adapters: list[str]) -> dict:
-    """PEFT's mixed-batch LoRA generate; decode time = time(n tokens) - time(1 token) (the prefill)."""
-    ids = torch.tensor([r.prompt_ids for r in requests], device=peft_model.device)
-    names = [adapters[i % len(adapters)] for i in range(len(requests))]
-    n = requests[0].params.max_tokens
-    with torch.inference_mode():
-        t0 = time.perf_counter()
+def paratune_server_command(adapter_dir: Path, port: int, max_concurrent: int, cfg: BenchConfig) -> list[str]:
+    budget = max(65536, max_concurrent * (cfg.prompt_len + cfg.new_tokens + 64) * 2)
+    return [sys.executable, "-m", "paratune.cli", "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
+            "--max-concurrent", str(max_concurrent), "--queue-size", "100000",
+            "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget)]
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], url: str, log_path: Path, env: dict | None = None, timeout: float = 600):
+    """Start ``cmd``, wait until ``url``/health answers 200, yield, then stop it (SIGTERM, then SIGKILL)."""
+    import httpx
+
+    with open(log_path, "w") as logf:
+        # same process group as the benchmark: stopping the benchmark's group stops its servers too
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}\n"
+                                       + log_path.read_text()[-3000:])
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"server not healthy after {timeout:.0f} s: {' '.join(cmd)}\n"
+                                       + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+# ----- measurements ----------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, cfg: BenchConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.runs: list[dict] = []
+        self.notes: list[str] = []
+        self.llama = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="paratune-bench-serve-"))
+
+    # -- setup
+    def setup(self) -> None:
+        import torch
+
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        needs_smollm = cfg.engine_model == "smollm2-135m" or set(cfg.systems) - {"engine"}
+        self.model = self.tokenizer = None
+        if needs_smollm:
+            from ..models import load_backbone
+
+            dtype = getattr(torch, cfg.dtype)
+            backbone = load_backbone("smollm2-135m-instruct", dtype=dtype, device=cfg.device)
+            self.model, self.tokenizer = backbone.model, backbone.tokenizer
+            self.words = word_pool(self.tokenizer)
+        n = max(max(cfg.concurrency), 1)
+        self.adapter_dir = self.workdir / "adapters"
+        self.adapter_dir.mkdir()
+        self.adapters = {}
+        if self.model is not None:
+            for kind in ("para", "lora"):
+                if kind in cfg.kinds:
+                    self.adapters[kind] = write_adapters(self.model, kind, n, self.adapter_dir)
+        if {"llama-batched-bench", "llama-server"} & set(cfg.systems):
+            from .llama_cpp import ensure_built, f32_gguf
+
+            self.llama = ensure_built(cfg.llama_cpp_version, log=self.log)
+            self.f32 = f32_gguf(self.llama, log=self.log)
+            self.lora_ggufs = lora_ggufs(self.llama, self.adapters["lora"], self.log) \
+                if "lora" in cfg.kinds and "llama-server" in cfg.systems else []
+
+    def prompts(self, n: int, *key) -> list[str]:
+        return make_prompts(self.tokenizer, self.words, n, self.cfg.prompt_len, key)
+
+    def record(self, repeat: int, system: str, kind: str, mode: str, level, stats: dict) -> None:
+        run = {"repeat": repeat, "system": system, "kind": kind, "mode": mode, "level": level, **stats}
+        self.runs.append(run)
+        extra = ""
+        if run.get("latency_p50_s") is not None:
+            extra = f"  p50 {run['latency_p50_s']:.2f}s p99 {run['latency_p99_s']:.2f}s"
+        if run.get("short_requests"):
+            extra += f"  ({run['short_requests']} stopped early)"
+        if run.get("errors"):
+            extra += f"  ({run['errors']} errors: {run.get('first_errors')})"
+        self.log(f"[repeat {repeat}] {system:<19} {kind:<4} {mode:<7} {level:>5g}: {run['tok_s']:8.1f} tok/s{extra}")
+
+    # -- (a) engine, decode only
+    def engine_setup(self) -> None:
+        import torch
+
+        from ..engine import Engine
+
+        cfg = self.cfg
+        if cfg.engine_model == "smollm2-135m":
+            model, tokenizer, adapters = self.model, self.tokenizer, self.adapters
+        else:
+            model, tokenizer = _random_llama(cfg.engine_model, cfg.device, getattr(torch, cfg.dtype)), None
+            root = self.workdir / "engine-adapters"
+            root.mkdir(exist_ok=True)
+            adapters = {kind: write_adapters(model, kind, max(cfg.concurrency), root)
+                        for kind in ("para", "lora") if kind in cfg.kinds}
+        self.engine = Engine(model, tokenizer, max_batch=max(cfg.concurrency))
+        self.engine_vocab = model.config.vocab_size
+        self.engine_names = {"base": [None]}
+        for kind, paths in adapters.items():
+            self.engine_names[kind] = []
+            for i, path in enumerate(paths):
+                self.engine.add_adapter(f"{kind}{i}", path)
+                self.engine_names[kind].append(f"{kind}{i}")
+        if cfg.peft_reference and "lora" in adapters:
+            from peft import PeftModel
+
+            reference = _random_llama(cfg.engine_model, cfg.device, getattr(torch, cfg.dtype)) \
+                if cfg.engine_model != "smollm2-135m" else _fresh_smollm(cfg)
+            self.peft_model = PeftModel.from_pretrained(reference, adapters["lora"][0], adapter_name="lora0")
+            for i in range(1, len(adapters["lora"])):
+                self.peft_model.load_adapter(adapters["lora"][i], adapter_name=f"lora{i}")
+            self.peft_model.eval()
+        else:
+            self.peft_model = None
+        for kind in self.cfg.kinds:  # warm-up: first calls of each path at the largest batch
+            self.engine.generate(self._engine_requests(max(cfg.concurrency), kind, seed=-1, new_tokens=2))
+
+    def _engine_requests(self, n: int, kind: str, seed, length=None, new_tokens=None):
+        import torch
+
+        from ..engine import Request, SamplingParams
+
+        g = torch.Generator().manual_seed(_seed(seed))
+        length = length or self.cfg.prompt_len
+        names = self.engine_names[kind]
+        return [Request(torch.randint(10, self.engine_vocab - 10, (length,), generator=g).tolist(),
+                        names[i % len(names)], SamplingParams(max_tokens=new_tokens or self.cfg.new_tokens,
+                                                              ignore_eos=True)) for i in range(n)]
+
+    def run_engine(self, repeat: int) -> None:
+        for conc in self.cfg.sorted_levels:
+            for kind in self.cfg.kinds:
+                reqs = self._engine_requests(conc, kind, seed=(repeat, conc, kind))
+                self.engine.stats.clear()
+                start = time.perf_counter()
+                self.engine.generate(reqs)
+                wall = time.perf_counter() - start
+                s = self.engine.stats
+                decode_s = s.get("decode_seconds") or 0.0
+                decode_tokens = s.get("decode_tokens") or 0
+                if not decode_s or not decode_tokens:  # stats without a decode split: whole-run rate
+                    decode_s, decode_tokens = wall, sum(len(r.output_ids) for r in reqs)
+                self.record(repeat, "engine", kind, "decode", conc, {
+                    "tok_s": decode_tokens / decode_s, "decode_tokens": decode_tokens, "decode_seconds": decode_s,
+                    "step_ms": 1000 * decode_s / s["decode_steps"] if s.get("decode_steps") else None,
+                    "prefill_seconds": s.get("prefill_seconds"), "wall_s": wall})
+            if self.peft_model is not None and "lora" in self.cfg.kinds:
+                self.record(repeat, "peft-generate", "lora", "decode", conc, self._run_peft(conc, repeat))
+        # prefill overhead of the generator: long prompts, base vs PARA
+        if "para" in self.cfg.kinds:
+            for kind in ("base", "para"):
+                reqs = self._engine_requests(self.cfg.prefill_batch, kind, seed=(repeat, "prefill"),
+                                             length=self.cfg.prefill_len, new_tokens=1)
+                self.engine.stats.clear()
+                self.engine.generate(reqs)
+                self.runs.append({"repeat": repeat, "system": "engine", "kind": kind, "mode": "prefill",
+                                  "level": self.cfg.prefill_batch, "prefill_len": self.cfg.prefill_len,
+                                  "prefill_seconds": self.engine.stats.get("prefill_seconds"),
+                                  "tok_s": self.cfg.prefill_batch * self.cfg.prefill_len
+                                  / max(self.engine.stats.get("prefill_seconds") or 1e-9, 1e-9)})
+
+    def _run_peft(self, conc: int, repeat: int) -> dict:
+        """PEFT's mixed-batch LoRA generate; decode time = time(n tokens) - time(1 token) (the prefill)."""
+        import torch
+
+        reqs = self._engine_requests(conc, "base", seed=(repeat, conc, "peft"))
+        ids = torch.tensor([r.prompt_ids for r in reqs], device=self.peft_model.device)
+        names = [f"lora{i}" for i in range(conc)]
+        n = self.cfg.new_tokens
         mask = torch.ones_like(ids)
-        peft_model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=1,
-                            do_sample=False)
-        t1 = time.perf_counter()
-        peft_model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=n,
-                            min_new_tokens=n, do_sample=False)
-        t2 = time.perf_counter()
-    decode = (t2 - t1) - (t1 - t0)
-    return {"decode_tok_s": len(requests) * (n - 1) / decode, "step_ms": 1000 * decode / (n - 1),
-            "prefill_s": t1 - t0, "wall_s": t2 - t1}
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.peft_model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=1,
+                                     do_sample=False)
+            t1 = time.perf_counter()
+            self.peft_model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, max_new_tokens=n,
+                                     min_new_tokens=n, do_sample=False)
+            t2 = time.perf_counter()
+        decode = max((t2 - t1) - (t1 - t0), 1e-9)
+        return {"tok_s": conc * (n - 1) / decode, "wall_s": t2 - t1}
+
+    # -- (c) llama-batched-bench
+    def run_batched_bench(self, repeat: int) -> None:
+        from .llama_cpp import batched_bench_command
+
+        cmd = batched_bench_command(self.llama.binary("llama-batched-bench"), self.f32, self.cfg.prompt_len,
+                                    self.cfg.new_tokens, self.cfg.sorted_levels, self.cfg.threads)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"llama-batched-bench failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        rows = parse_batched_bench(proc.stdout + "\n" + proc.stderr)
+        if not rows:
+            raise RuntimeError(f"no results in llama-batched-bench output:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        for row in rows:
+            self.record(repeat, "llama-batched-bench", "base", "decode", row["pl"], {
+                "tok_s": row["speed_tg"], "prefill_tok_s": row["speed_pp"], "t_tg": row["t_tg"], "t_pp": row["t_pp"],
+                "total_tok_s": row["speed"]})
+        self.batched_bench_command = " ".join(cmd)
+
+    # -- (b) paratune server
+    def run_paratune(self, repeat: int) -> None:
+        from .http_load import run_closed, run_poisson
+
+        cfg = self.cfg
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
+        cmd = paratune_server_command(self.adapter_dir, port, max(cfg.concurrency), cfg)
+        self.paratune_command = " ".join(cmd)
+        with server_process(cmd, url, self.workdir / f"paratune-{repeat}.log", env=env):
+            import httpx
+
+            base = next(m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]
+                        if not m.get("parent"))
+            names = {"base": [base] * max(cfg.concurrency),
+                     **{k: [p.name for p in self.adapters[k]] for k in ("para", "lora") if k in self.adapters}}
+            # warm-up: every kind once at the largest batch, a few tokens
+            for kind in cfg.kinds:
+                warm = [paratune_body(p, names[kind][i], cfg) | {"max_tokens": 2}
+                        for i, p in enumerate(self.prompts(max(cfg.concurrency), "warm", kind))]
+                run_closed(url, warm, max(cfg.concurrency))
+            if "closed" in cfg.modes:
+                for conc in cfg.sorted_levels:
+                    for kind in cfg.kinds:
+                        prompts = self.prompts(n_requests(conc, cfg), repeat, conc, kind)
+                        bodies = [paratune_body(p, names[kind][i % conc], cfg) for i, p in enumerate(prompts)]
+                        result = run_closed(url, bodies, conc, stream=cfg.stream)
+                        self.record(repeat, "paratune", kind, "closed", conc, result.summary(cfg.new_tokens))
+            self._poisson(repeat, "paratune", url, lambda p, i, kind: paratune_body(
+                p, names[kind][i % max(cfg.concurrency)], cfg), run_poisson)
+
+    def _poisson(self, repeat, system, url, body, run_poisson, kinds=None) -> None:
+        cfg = self.cfg
+        if "poisson" not in cfg.modes or not cfg.poisson_requests:
+            return
+        for rate in cfg.poisson_rates:
+            for kind in kinds or cfg.kinds:
+                prompts = self.prompts(cfg.poisson_requests, repeat, "poisson", rate, kind)
+                bodies = [body(p, i, kind) for i, p in enumerate(prompts)]
+                result = run_poisson(url, bodies, rate, seed=repeat, stream=cfg.stream)
+                self.record(repeat, system, kind, "poisson", rate, result.summary(cfg.new_tokens))
+
+    # -- (c) llama-server
+    def run_llama_server(self, repeat: int) -> None:
+        from .http_load import run_closed, run_poisson
+        from .llama_cpp import server_command
+
+        cfg = self.cfg
+        kinds = [k for k in cfg.kinds if k in ("base", "lora")]
+        ctx_per_slot = cfg.prompt_len + cfg.new_tokens + 64
+        loras = self.lora_ggufs
+
+        def body(p, i, kind, conc):
+            return llama_body(p, i % conc if kind == "lora" else None, cfg)
+
+        plans = []
+        if "closed" in cfg.modes:
+            plans += [(conc, "closed") for conc in cfg.sorted_levels]
+        if "poisson" in cfg.modes and cfg.poisson_requests:
+            plans.append((max(cfg.concurrency), "poisson"))
+        for slots, mode in plans:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = server_command(self.llama.binary("llama-server"), self.f32, port, slots, ctx_per_slot, loras,
+                                 cfg.threads)
+            self.llama_server_command = " ".join(cmd[:20]) + (f" ... ({len(loras)} --lora)" if loras else "")
+            with server_process(cmd, url, self.workdir / f"llama-server-{repeat}-{mode}-{slots}.log"):
+                for kind in kinds:  # warm-up
+                    warm = [llama_body(p, i % slots if kind == "lora" else None, cfg) | {"max_tokens": 2, "n_predict": 2}
+                            for i, p in enumerate(self.prompts(slots, "warm", kind))]
+                    run_closed(url, warm, slots)
+                if mode == "closed":
+                    for kind in kinds:
+                        prompts = self.prompts(n_requests(slots, cfg), repeat, slots, kind)
+                        bodies = [body(p, i, kind, slots) for i, p in enumerate(prompts)]
+                        result = run_closed(url, bodies, slots, stream=cfg.stream)
+                        self.record(repeat, "llama-server", kind, "closed", slots, result.summary(cfg.new_tokens))
+                else:
+                    self._poisson(repeat, "llama-server", url, lambda p, i, kind: body(p, i, kind, slots),
+                                  run_poisson, kinds)
+
+    # -- the whole benchmark
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        self.setup()
+        if "engine" in cfg.systems:
+            self.engine_setup()
+        order = [s for s in ("engine", "llama-batched-bench", "paratune", "llama-server") if s in cfg.systems]
+        steps = {"engine": self.run_engine, "llama-batched-bench": self.run_batched_bench,
+                 "paratune": self.run_paratune, "llama-server": self.run_llama_server}
+        for repeat in range(cfg.repeats):
+            for system in order:  # ours, llama.cpp, ours, llama.cpp
+                steps[system](repeat)
+        return self.runs
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _profile(engine: Engine, requests: list[Request], steps: int = 5) -> list[dict]:
-    for request in requests:
-        engine.add_request(request)
-    engine.step()  # prefill
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            engine.step()
-    while engine.has_work():
-        engine.step()
+def parse_batched_bench(text: str) -> list[dict]:
+    """Rows of ``llama-batched-bench --output-format jsonl`` (one JSON object per line)."""
     rows = []
-    for event in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]:
-        rows.append({"op": event.key, "self_ms_per_step": event.self_cpu_time_total / 1000 / steps,
-                     "calls_per_step": event.count / steps})
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and '"speed_tg"' in line:
+            rows.append(json.loads(line))
     return rows
 
 
-def bench_shape(shape: str, cfg: BenchConfig, log=print) -> dict:
-    model, tokenizer = _backbone(shape, cfg.device)
-    vocab = model.config.vocab_size
-    n = max(cfg.concurrency)
-    result = {"shape": shape, "description": SHAPES[shape], "runs": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        para_paths = _write_adapters(model, "para", n, root)
-        lora_paths = _write_adapters(model, "lora", n, root)
-        engine = Engine(model, tokenizer, max_batch=n, kv_budget_tokens=10**9)
-        for i in range(n):
-            engine.add_adapter(f"para{i}", para_paths[i])
-            engine.add_adapter(f"lora{i}", lora_paths[i])
-        peft_model = None
-        if cfg.peft_reference:
-            reference, _ = _backbone(shape, cfg.device)
-            peft_model = PeftModel.from_pretrained(reference, lora_paths[0], adapter_name="lora0")
-            for i in range(1, n):
-                peft_model.load_adapter(lora_paths[i], adapter_name=f"lora{i}")
-            peft_model.eval()
-        methods = {"base": [None], "para": [f"para{i}" for i in range(n)], "lora": [f"lora{i}" for i in range(n)]}
-        for repeat in range(cfg.repeats):
-            for conc in cfg.concurrency:
-                for method, names in methods.items():
-                    stats = _run_engine(engine, _requests(conc, names[:conc], cfg, vocab, seed=repeat))
-                    result["runs"].append({"repeat": repeat, "concurrency": conc, "method": method, **stats})
-                    log(f"[{shape}] repeat {repeat} conc {conc:>3} {method:<5} {stats['decode_tok_s']:8.1f} tok/s "
-                        f"{stats['step_ms']:7.1f} ms/step")
-                if peft_model is not None:
-                    stats = _run_peft(peft_model, _requests(conc, ["x"], cfg, vocab, seed=repeat),
-                                      [f"lora{i}" for i in range(conc)])
-                    result["runs"].append({"repeat": repeat, "concurrency": conc, "method": "peft-lora", **stats})
-                    log(f"[{shape}] repeat {repeat} conc {conc:>3} peft-lora {stats['decode_tok_s']:8.1f} tok/s")
-        del peft_model
-        # Prefill with and without the generator, long prompts.
-        prefill = []
-        for repeat in range(cfg.repeats):
-            for method, names in (("base", [None]), ("para", methods["para"])):
-                reqs = _requests(cfg.prefill_batch, names[: cfg.prefill_batch], cfg, vocab, seed=100 + repeat,
-                                 length=cfg.prefill_len, new_tokens=1)
-                prefill.append({"repeat": repeat, "method": method, **_run_engine_prefill(engine, reqs)})
-        result["prefill"] = prefill
-        log(f"[{shape}] prefill {cfg.prefill_batch}x{cfg.prefill_len}: " + ", ".join(
-            f"{p['method']} {p['prefill_s']:.3f}s" for p in prefill))
-        if cfg.profile:
-            result["profile"] = {m: _profile(engine, _requests(n, names[:n], cfg, vocab, seed=7))
-                                 for m, names in methods.items()}
-        if cfg.many_adapters and shape == cfg.shapes[0]:
-            result["many_adapters"] = _bench_many(engine, model, root, cfg, vocab, n, log)
-    return result
+def _random_llama(shape: str, device: str, dtype):
+    import torch
+    import transformers
+
+    sizes = {"llama-430m-random": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                                       num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=4),
+             "llama-8b-random": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)}[shape]
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**sizes, max_position_embeddings=4096, tie_word_embeddings=False)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config).to(dtype)
+    return model.eval()
 
 
-def _run_engine_prefill(engine: Engine, requests: list[Request]) -> dict:
-    engine.stats.clear()
-    engine.generate(requests)
-    return {"prefill_s": engine.stats["prefill_seconds"]}
+def _fresh_smollm(cfg: BenchConfig):
+    import torch
+
+    from ..models import load_backbone
+
+    return load_backbone("smollm2-135m-instruct", dtype=getattr(torch, cfg.dtype), device=cfg.device).model
 
 
-def _bench_many(engine: Engine, model, root: Path, cfg: BenchConfig, vocab: int, n: int, log) -> dict:
-    """PARA decode throughput with 1 registered adapter (all rows share it) vs ``many_adapters`` registered."""
-    runs = []
-    for name in list(engine.bank.adapters):
-        engine.remove_adapter(name)
-    path = _write_adapters(model, "para", 1, root / "one")[0]
-    engine.add_adapter("only", path)
-    for repeat in range(cfg.repeats):
-        runs.append({"repeat": repeat, "registered": 1,
-                     **_run_engine(engine, _requests(n, ["only"], cfg, vocab, seed=repeat))})
-    start = time.perf_counter()
-    for i in range(cfg.many_adapters - 1):
-        engine.add_adapter(f"t{i}", path)
-    load_s = time.perf_counter() - start
-    names = [f"t{i}" for i in range(0, cfg.many_adapters - 1, max(1, (cfg.many_adapters - 1) // n))][:n]
-    for repeat in range(cfg.repeats):
-        runs.append({"repeat": repeat, "registered": cfg.many_adapters,
-                     **_run_engine(engine, _requests(n, names, cfg, vocab, seed=repeat))})
-    log(f"many adapters: loaded {cfg.many_adapters - 1} in {load_s:.1f}s; " + ", ".join(
-        f"{r['registered']}: {r['decode_tok_s']:.1f} tok/s" for r in runs))
-    return {"load_seconds": load_s, "runs": runs}
+# ----- metadata and entry point ------------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gib": mem, "platform": platform.platform(),
+            "loadavg_start": _loadavg()}
 
 
-# ----- summary -------------------------------------------------------------------------------------------
-def _ratios(runs: list[dict], conc: int, a: str, b: str) -> list[float]:
-    by = {(r["repeat"], r["method"]): r["decode_tok_s"] for r in runs if r["concurrency"] == conc}
-    repeats = sorted({r["repeat"] for r in runs})
-    return [by[(k, a)] / by[(k, b)] for k in repeats if (k, a) in by and (k, b) in by]
+def _loadavg() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "?"
 
 
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+def versions() -> dict:
+    import httpx
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"paratune": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "httpx": httpx.__version__}
 
 
-def summarize(results: list[dict], cfg: BenchConfig) -> dict:
-    summary = {}
-    top = max(cfg.concurrency)
-    for res in results:
-        s = {}
-        for conc in cfg.concurrency:
-            s[f"para/base@{conc}"] = _ratios(res["runs"], conc, "para", "base")
-            s[f"para/lora@{conc}"] = _ratios(res["runs"], conc, "para", "lora")
-            s[f"para/peft-lora@{conc}"] = _ratios(res["runs"], conc, "para", "peft-lora")
-        base = [p["prefill_s"] for p in res["prefill"] if p["method"] == "base"]
-        para = [p["prefill_s"] for p in res["prefill"] if p["method"] == "para"]
-        s["prefill_overhead"] = [p / b - 1 for p, b in zip(para, base)]
-        if "many_adapters" in res:
-            runs = res["many_adapters"]["runs"]
-            one = {r["repeat"]: r["decode_tok_s"] for r in runs if r["registered"] == 1}
-            many = {r["repeat"]: r["decode_tok_s"] for r in runs if r["registered"] != 1}
-            s["many/one"] = [many[k] / one[k] for k in one if k in many]
-        s["top_concurrency"] = top
-        summary[res["shape"]] = s
+def run(cfg: BenchConfig, command: str, log=print) -> dict:
+    from .serve_report import markdown, write_report
+
+    meta = {"command": command, "config": asdict(cfg), "machine": machine_info(), "versions": versions()}
+    if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds: servers stopped, report written
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bench = Bench(cfg, log)
+    try:
+        runs = bench.run()
+    finally:
+        partial = bench.runs
+        meta["machine"]["loadavg_end"] = _loadavg()
+        if bench.llama is not None:
+            meta["llama_cpp"] = bench.llama.info
+            meta["versions"]["llama.cpp"] = f"{bench.llama.info['llama_cpp_commit'][:10]} (llama-cpp-python " \
+                                            f"{bench.llama.info['llama_cpp_python']})"
+        meta["commands"] = {k: getattr(bench, k) for k in ("paratune_command", "llama_server_command",
+                                                           "batched_bench_command") if hasattr(bench, k)}
+        meta["notes"] = bench.notes + _schema_notes(cfg)
+        bench.close()
+        summary = write_report(partial, meta, cfg.output)  # also after a failure: what was measured so far
+    log(markdown(summary, meta))
     return summary
 
 
-def write_report(results: list[dict], cfg: BenchConfig, command: str) -> None:
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results, cfg)
-    meta = {"command": command, "python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "machine": platform.machine(),
-            "processor": platform.processor(), "cpus": torch.get_num_threads(), "device": cfg.device,
-            "config": cfg.__dict__}
-    (out / "serve.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1))
-    from .plots import throughput_plot
+def _schema_notes(cfg: BenchConfig) -> list[str]:
+    if "paratune" not in cfg.systems:
+        return []
+    from ..server.schemas import CompletionRequest
 
-    throughput_plot(results, cfg.concurrency, out / "serve.png")
-    lines = ["# Serving benchmark: many tenants in one batch", "",
-             f"Command: `{command}`  ", f"Machine: {meta['machine']} {meta['processor']}, {meta['cpus']} torch "
-             f"threads, device {cfg.device}; torch {meta['torch']}, transformers {meta['transformers']}, "
-             f"peft {meta['peft']}.", "",
-             f"Each request: {cfg.prompt_len}-token random prompt, {cfg.new_tokens} new tokens (greedy, EOS "
-             f"ignored); at concurrency N, N requests each on a distinct adapter (PARA r=16 on q,v,up; LoRA r=16 "
-             f"on q,v,up); base = no adapter. Decode throughput = generated tokens / decode time. Ratios are "
-             f"per repeat; shown as median (min-max) over {cfg.repeats} repeats.", ""]
-    for res in results:
-        s = summary[res["shape"]]
-        lines += [f"## {res['shape']}: {res['description']}", "", "| concurrency | method | decode tok/s "
-                  "(median) | ms per step (median) |", "|---|---|---|---|"]
-        for conc in cfg.concurrency:
-            for method in ("base", "para", "lora", "peft-lora"):
-                rows = [r for r in res["runs"] if r["concurrency"] == conc and r["method"] == method]
-                if rows:
-                    lines.append(f"| {conc} | {method} | {statistics.median(r['decode_tok_s'] for r in rows):.1f} "
-                                 f"| {statistics.median(r['step_ms'] for r in rows):.1f} |")
-        lines += ["", "| ratio | value: median (min-max) |", "|---|---|"]
-        for key, values in s.items():
-            if isinstance(values, list):
-                lines.append(f"| {key} | {_spread(values)} |")
-        if "many_adapters" in res:
-            lines.append(f"\n{cfg.many_adapters} PARA adapters registered in {res['many_adapters']['load_seconds']:.1f}"
-                         " s (loaded from disk).")
-        if "profile" in res:
-            lines += ["", f"Profile of {5} decode steps at concurrency {max(cfg.concurrency)} (top ops by self CPU "
-                      "time, ms per step):", ""]
-            for method, rows in res["profile"].items():
-                lines.append(f"- **{method}**: " + "; ".join(
-                    f"{r['op']} {r['self_ms_per_step']:.1f} ({r['calls_per_step']:.0f} calls)" for r in rows))
-        lines.append("")
-    (out / "serve.md").write_text("\n".join(lines))
-
-
-def run(cfg: BenchConfig, command: str) -> dict:
-    results = [bench_shape(shape, cfg) for shape in cfg.shapes]
-    write_report(results, cfg, command)
-    return summarize(results, cfg)
+    if "ignore_eos" in CompletionRequest.model_fields:
+        return []
+    return ["paratune's /v1/completions schema has no `ignore_eos` field yet (unknown fields are ignored), so its "
+            "requests may stop at EOS before max_tokens (counted as short requests); tokens are counted from "
+            "`usage` either way."]

@@ -1,0 +1,335 @@
+"""`paratune bench serve` without llama.cpp: the HTTP load generator against an in-process stub server,
+Poisson arrivals, the report writer, and the llama.cpp builder's command lines (none of them run)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import statistics
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from paratune.bench import http_load, llama_cpp, serve_bench, serve_report
+from tests.server.conftest import free_port
+
+
+# ----- a stub OpenAI-style server ---------------------------------------------------------------------------
+class Stub:
+    def __init__(self, delay: float = 0.05):
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.seen: list[tuple[str, float]] = []  # (model, arrival time)
+        self.app = FastAPI()
+
+        @self.app.post("/v1/completions")
+        async def completions(request: Request):
+            body = await request.json()
+            self.seen.append((body["model"], time.perf_counter()))
+            if body["model"] == "missing":
+                return JSONResponse({"error": {"message": "no such model"}}, status_code=404)
+            n = body["max_tokens"]
+            usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n,
+                     "total_tokens": len(body["prompt"].split()) + n}
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if not body.get("stream"):
+                    await asyncio.sleep(self.delay)
+                    return {"choices": [{"index": 0, "text": " x" * n, "finish_reason": "length"}], "usage": usage}
+            finally:
+                if not body.get("stream"):
+                    self.in_flight -= 1
+
+            async def events():
+                try:
+                    for i in range(n):
+                        await asyncio.sleep(self.delay / n)
+                        yield "data: " + json.dumps({"choices": [{"index": 0, "text": " x", "finish_reason":
+                                                                  "length" if i == n - 1 else None}]}) + "\n\n"
+                    yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                finally:
+                    self.in_flight -= 1
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@pytest.fixture(scope="module")
+def stub():
+    stub = Stub()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(stub.app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    stub.url = f"http://127.0.0.1:{port}"
+    yield stub
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def fresh(stub):
+    stub.in_flight = stub.max_in_flight = 0
+    stub.seen.clear()
+    stub.delay = 0.05
+    return stub
+
+
+def bodies(n, clients, max_tokens=5):
+    return [{"model": f"tenant{i % clients}", "prompt": "one two three", "max_tokens": max_tokens} for i in range(n)]
+
+
+# ----- load generator ------------------------------------------------------------------------------------------
+def test_closed_loop_counts_tokens_and_holds_concurrency(fresh):
+    result = http_load.run_closed(fresh.url, bodies(11, 4), 4)
+    assert fresh.max_in_flight == 4 and result.max_in_flight == 4
+    assert len(result.records) == 11 and [r.index for r in result.records] == list(range(11))
+    assert all(r.status == 200 and r.completion_tokens == 5 and r.prompt_tokens == 3 for r in result.records)
+    assert result.completion_tokens == 55
+    assert result.tok_s == pytest.approx(55 / result.wall_s)
+    # client k sends bodies k, k+4, k+8 one after another: its adapter never changes, its requests never overlap
+    for k in range(4):
+        mine = [r for r in result.records if r.client == k]
+        assert [r.index for r in mine] == list(range(k, 11, 4))
+        assert all(b.start >= a.end for a, b in zip(mine, mine[1:]))
+    assert sorted(m for m, _ in fresh.seen) == sorted(b["model"] for b in bodies(11, 4))
+    # 3 waves of 50 ms each: the wall time is the longest client's chain, not the sum of all requests
+    assert 0.15 <= result.wall_s < 0.15 + 1.0
+    s = result.summary(expected_tokens=5)
+    assert s["requests"] == 11 and s["errors"] == 0 and s["short_requests"] == 0
+    assert s["latency_p50_s"] >= 0.05 and s["latency_p99_s"] >= s["latency_p50_s"]
+
+
+def test_closed_loop_with_fewer_bodies_than_clients(fresh):
+    result = http_load.run_closed(fresh.url, bodies(2, 2), 8)
+    assert len(result.records) == 2 and result.max_in_flight == 2
+
+
+def test_short_requests_and_errors_are_counted(fresh):
+    reqs = bodies(3, 3) + [{"model": "missing", "prompt": "a", "max_tokens": 5}]
+    s = http_load.run_closed(fresh.url, reqs, 2).summary(expected_tokens=8)
+    assert s["errors"] == 1 and "no such model" in s["first_errors"][0]
+    assert s["short_requests"] == 3 and s["completion_tokens"] == 15
+
+
+def test_streaming_records_ttft_and_usage(fresh):
+    result = http_load.run_closed(fresh.url, bodies(4, 2, max_tokens=6), 2, stream=True)
+    for r in result.records:
+        assert r.status == 200 and r.completion_tokens == 6 and r.finish_reason == "length"
+        assert 0 < r.ttft < r.latency
+    assert result.summary()["ttft_p50_s"] is not None
+
+
+def test_poisson_arrivals_have_the_right_rate():
+    times = http_load.poisson_arrivals(20000, rate=5.0, seed=3)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert times[0] == 0 and all(g >= 0 for g in gaps)
+    assert statistics.mean(gaps) == pytest.approx(1 / 5.0, rel=0.03)
+    assert statistics.stdev(gaps) / statistics.mean(gaps) == pytest.approx(1.0, rel=0.05)  # exponential: CV 1
+    assert len(times) / times[-1] == pytest.approx(5.0, rel=0.03)
+    assert http_load.poisson_arrivals(50, 5.0, seed=3) == times[:50]
+    assert http_load.poisson_arrivals(50, 5.0, seed=4) != times[:50]
+    with pytest.raises(ValueError):
+        http_load.poisson_arrivals(3, 0)
+
+
+def test_poisson_load_sends_at_the_arrival_times(fresh):
+    fresh.delay = 0.2  # longer than the mean gap: requests overlap, the open loop does not wait for them
+    result = http_load.run_poisson(fresh.url, bodies(20, 20), 40.0, seed=1)
+    arrivals = http_load.poisson_arrivals(20, 40.0, seed=1)
+    assert result.mode == "poisson" and result.rate == 40.0 and result.completion_tokens == 100
+    for record, t in zip(result.records, arrivals):
+        assert t - 0.01 <= record.start <= t + 0.25
+    assert result.max_in_flight > 1 and fresh.max_in_flight > 1
+
+
+def test_percentile():
+    assert http_load.percentile([], 50) is None
+    assert http_load.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert http_load.percentile([1.0, 2.0, 3.0], 99) == pytest.approx(2.98)
+
+
+# ----- report ---------------------------------------------------------------------------------------------------
+def synthetic_runs():
+    runs = []
+    for repeat in range(3):
+        for conc in (1, 8):
+            scale = 1 + 0.1 * repeat
+            for system, kind, tok in (("paratune", "base", 40), ("paratune", "para", 39), ("paratune", "lora", 30),
+                                      ("llama-server", "base", 60), ("llama-server", "lora", 20)):
+                runs.append({"repeat": repeat, "system": system, "kind": kind, "mode": "closed", "level": conc,
+                             "tok_s": tok * conc * scale, "latency_p50_s": 1.0, "latency_p99_s": 2.0,
+                             "short_requests": 1 if (system, repeat) == ("paratune", 0) else 0, "errors": 0})
+            for system, kind, tok in (("engine", "base", 50), ("llama-batched-bench", "base", 100)):
+                runs.append({"repeat": repeat, "system": system, "kind": kind, "mode": "decode", "level": conc,
+                             "tok_s": tok * conc * scale})
+        runs.append({"repeat": repeat, "system": "paratune", "kind": "para", "mode": "poisson", "level": 1.0,
+                     "tok_s": 30.0, "latency_p50_s": 0.5, "latency_p99_s": 0.9})
+    return runs
+
+
+def test_report_writes_table_json_and_png(tmp_path):
+    meta = {"command": "paratune bench serve --x", "config": {"prompt_len": 64, "new_tokens": 32, "repeats": 3},
+            "machine": {"cpu": "test cpu", "cpus": 2}, "versions": {"paratune": "0"}, "notes": ["a note"]}
+    summary = serve_report.write_report(synthetic_runs(), meta, tmp_path / "out")
+    md = (tmp_path / "out" / "serve.md").read_text()
+    assert "paratune bench serve --x" in md and "a note" in md
+    assert "| concurrency | paratune server base | paratune server para | paratune server lora | llama-server base |" \
+           " llama-server lora |" in md
+    assert "| 8 | 352.0 (320.0-384.0) |" in md  # median (min-max) of 40 * 8 * {1, 1.1, 1.2}
+    assert "Poisson" in md and "rate (req/s)" in md
+    assert "stopped before max_tokens" in md  # short requests are flagged
+    data = json.loads((tmp_path / "out" / "serve.json").read_text())
+    assert data["meta"]["command"] == meta["command"] and len(data["runs"]) == len(synthetic_runs())
+    assert (tmp_path / "out" / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ratios = {(r["mode"], r["level"], r["ratio"]): r for r in summary["ratios"]}
+    # ratios are per repeat: both systems scale together, so the ratio has no spread
+    r = ratios[("closed", 8, "paratune para / llama-server base")]
+    assert r["median"] == pytest.approx(39 / 60) and r["min"] == pytest.approx(r["max"])
+    assert ratios[("decode", 1, "engine base / llama-batched-bench base")]["median"] == pytest.approx(0.5)
+    assert ratios[("closed", 1, "paratune para / llama-server lora")]["median"] == pytest.approx(39 / 20)
+
+
+# ----- workload pieces ------------------------------------------------------------------------------------------
+def test_prompts_have_exact_length_and_are_distinct(chat_tokenizer):
+    words = serve_bench.word_pool(chat_tokenizer)
+    assert len(words) > 1000
+    prompts = serve_bench.make_prompts(chat_tokenizer, words, 20, 64, ("r", 0, 8, "para"))
+    assert len(set(prompts)) == 20
+    for p in prompts:
+        assert len(chat_tokenizer(p, add_special_tokens=False)["input_ids"]) == 64
+    assert serve_bench.make_prompts(chat_tokenizer, words, 20, 64, ("r", 0, 8, "para")) == prompts  # reproducible
+
+
+def test_request_bodies_name_their_adapter():
+    cfg = serve_bench.BenchConfig(new_tokens=32)
+    ours = serve_bench.paratune_body("hi", "para3", cfg)
+    assert ours["model"] == "para3" and ours["max_tokens"] == 32 and ours["temperature"] == 0 and ours["ignore_eos"]
+    llama = serve_bench.llama_body("hi", 5, cfg)
+    assert llama["lora"] == [{"id": 5, "scale": 1.0}] and llama["ignore_eos"] and llama["n_predict"] == 32
+    assert serve_bench.llama_body("hi", None, cfg)["lora"] == []
+    assert serve_bench.n_requests(8, cfg) == 16 and serve_bench.n_requests(1, cfg) == 4
+
+
+def test_config_validation_and_cli():
+    with pytest.raises(ValueError, match="systems"):
+        serve_bench.BenchConfig(systems=["vllm"])
+    with pytest.raises(ValueError, match="concurrency"):
+        serve_bench.BenchConfig(concurrency=[0])
+    with pytest.raises(ValueError, match="engine_model"):
+        serve_bench.BenchConfig(engine_model="llama-8b-random")  # with the servers: refused
+    serve_bench.BenchConfig(engine_model="llama-8b-random", systems=["engine"])
+    from paratune.cli import _bench_config_class, build_parser, config_from_args
+
+    args = build_parser().parse_args(["bench", "serve", "--systems", "engine,paratune", "--concurrency", "1", "8",
+                                      "--repeats", "1", "--modes", "closed", "--poisson-rates", "0.5"])
+    cfg = config_from_args(_bench_config_class(), args)
+    assert cfg.systems == ["engine", "paratune"] and cfg.concurrency == [1, 8] and cfg.repeats == 1
+    assert cfg.modes == ["closed"] and cfg.poisson_rates == [0.5]
+    assert cfg.output == "docs/results/serve" and cfg.llama_cpp_version == llama_cpp.LLAMA_CPP_PYTHON_VERSION
+
+
+def test_paratune_server_command(tmp_path):
+    cmd = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig())
+    assert cmd[:4] == [sys.executable, "-m", "paratune.cli", "serve"]
+    assert cmd[cmd.index("--adapter-dir") + 1] == str(tmp_path) and cmd[cmd.index("--port") + 1] == "1234"
+    assert cmd[cmd.index("--max-concurrent") + 1] == "64"
+
+
+def test_parse_batched_bench():
+    line = ('{"n_kv_max": 6208, "n_batch": 2048, "n_ubatch": 512, "flash_attn": -1, "is_pp_shared": 0, '
+            '"n_gpu_layers": -1, "n_threads": 2, "n_threads_batch": 2, "pp": 64, "tg": 32, "pl": 8, "n_kv": 768, '
+            '"t_pp": 0.5, "speed_pp": 1024.0, "t_tg": 1.6, "speed_tg": 160.0, "t": 2.1, "speed": 365.7}')
+    rows = serve_bench.parse_batched_bench("main: loading\n" + line + "\n\nllama_perf: ...\n")
+    assert len(rows) == 1 and rows[0]["pl"] == 8 and rows[0]["speed_tg"] == 160.0
+
+
+# ----- llama.cpp builder (command lines only) ----------------------------------------------------------------------
+def test_llama_cpp_command_lines(tmp_path):
+    src, build = tmp_path / "src", tmp_path / "build"
+    dl = llama_cpp.download_command("0.3.36", tmp_path)
+    assert dl[1:] == ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "llama-cpp-python==0.3.36",
+                      "-d", str(tmp_path)]
+    conf = llama_cpp.configure_command(src, build)
+    assert conf[:5] == ["cmake", "-S", str(src), "-B", str(build)]
+    for flag in ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"):
+        assert flag in conf
+    b = llama_cpp.build_command(build)
+    assert b[:3] == ["cmake", "--build", str(build)] and b[b.index("-j") + 1] == "2"
+    assert b[b.index("--target") + 1:] == ["llama-batched-bench", "llama-server", "llama-quantize"]
+    q = llama_cpp.quantize_command(Path("/b/llama-quantize"), Path("in.gguf"), Path("out.gguf"))
+    assert q == ["/b/llama-quantize", "--allow-requantize", "in.gguf", "out.gguf", "F32"]
+    conv = llama_cpp.lora_convert_command(Path("/s/convert_lora_to_gguf.py"), Path("/a/lora0"), Path("/m"),
+                                          Path("/o/l.gguf"))
+    assert conv[:3] == [sys.executable, "/s/convert_lora_to_gguf.py", "/a/lora0"]
+    assert conv[conv.index("--base") + 1] == "/m" and conv[conv.index("--outfile") + 1] == "/o/l.gguf"
+    bb = llama_cpp.batched_bench_command(Path("/b/llama-batched-bench"), Path("m.gguf"))
+    assert bb[bb.index("-npp") + 1] == "64" and bb[bb.index("-ntg") + 1] == "32"
+    assert bb[bb.index("-npl") + 1] == "1,8,32,64" and bb[bb.index("-t") + 1] == "2"
+    assert int(bb[bb.index("-c") + 1]) >= 64 * 96 and bb[bb.index("--output-format") + 1] == "jsonl"
+
+
+def test_llama_server_command():
+    loras = [Path(f"/l/lora{i}.gguf") for i in range(3)]
+    cmd = llama_cpp.server_command(Path("/b/llama-server"), Path("m.gguf"), 8080, 32, 160, loras, threads=2)
+    assert cmd[cmd.index("-np") + 1] == "32" and cmd[cmd.index("-c") + 1] == str(32 * 160)
+    assert "--cont-batching" in cmd and cmd[cmd.index("--port") + 1] == "8080"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--lora"] == [",".join(str(p) for p in loras)]
+    assert cmd[-1] == "--lora-init-without-apply"
+    base = llama_cpp.server_command(Path("/b/llama-server"), Path("m.gguf"), 8080, 1, 160)
+    assert "--lora" not in base and "--lora-init-without-apply" not in base
+
+
+def _fake_sdist(tmp_path: Path, version: str) -> Path:
+    sdist = tmp_path / f"llama_cpp_python-{version}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        data = b"cmake_minimum_required(VERSION 3.14)\n"
+        info = tarfile.TarInfo(f"llama_cpp_python-{version}/vendor/llama.cpp/CMakeLists.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return sdist
+
+
+def test_failed_build_leaves_nothing_complete(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARATUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def run(cmd, log, cwd=None):
+        calls.append(cmd)
+        if cmd[:2] == ["cmake", "--build"]:
+            raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(llama_cpp, "_run", run)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        llama_cpp.ensure_built("9.9.9", sdist=_fake_sdist(tmp_path, "9.9.9"), log=lambda *_: None)
+    root = llama_cpp.build_root("9.9.9")
+    assert not root.exists() and not llama_cpp.is_complete(root)
+    assert calls[0][0] == "cmake" and calls[1][:2] == ["cmake", "--build"]  # sdist given: no download
+
+
+def test_complete_build_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARATUNE_CACHE", str(tmp_path / "cache"))
+    root = llama_cpp.build_root("9.9.9")
+    (root / "build" / "bin").mkdir(parents=True)
+    for target in llama_cpp.TARGETS:
+        (root / "build" / "bin" / target).write_text("")
+    assert not llama_cpp.is_complete(root)  # binaries without the marker: not complete
+    (root / llama_cpp.MARKER).write_text(json.dumps({"llama_cpp_commit": "abc"}))
+    monkeypatch.setattr(llama_cpp, "_run", lambda *a, **k: pytest.fail("must not build again"))
+    built = llama_cpp.ensure_built("9.9.9")
+    assert built.root == root and built.info["llama_cpp_commit"] == "abc"
+    assert built.binary("llama-server") == root / "build" / "bin" / "llama-server"
