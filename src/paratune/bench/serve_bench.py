@@ -479,7 +479,9 @@ class Bench:
         from .llama_cpp import server_command
 
         cfg = self.cfg
-        kinds = [k for k in cfg.kinds if k in ("base", "lora")]
+        kinds = [k for k in cfg.kinds if k in ("base", "lora")]  # llama.cpp has no PARA
+        if not kinds:
+            return
         ctx_per_slot = cfg.prompt_len + cfg.new_tokens + 64
         loras = self.lora_ggufs
 
@@ -496,7 +498,8 @@ class Bench:
             url = f"http://127.0.0.1:{port}"
             cmd = server_command(self.llama.binary("llama-server"), self.f32, port, slots, ctx_per_slot, loras,
                                  cfg.threads)
-            self.llama_server_command = " ".join(cmd[:20]) + (f" ... ({len(loras)} --lora)" if loras else "")
+            self.llama_server_command = " ".join(f"<{len(loras)} comma-separated LoRA GGUFs>" if "," in a else a
+                                                 for a in cmd)
             with server_process(cmd, url, self.workdir / f"llama-server-{repeat}-{mode}-{slots}.log"):
                 for kind in kinds:  # warm-up
                     warm = [llama_body(p, i % slots if kind == "lora" else None, cfg) | {"max_tokens": 2, "n_predict": 2}
@@ -615,6 +618,9 @@ def run(cfg: BenchConfig, command: str, log=print) -> dict:
         meta["commands"] = {k: getattr(bench, k) for k in ("paratune_command", "llama_server_command",
                                                            "batched_bench_command") if hasattr(bench, k)}
         meta["notes"] = bench.notes + _schema_notes(cfg)
+        if "llama-server" in cfg.systems and "lora" in cfg.kinds:
+            meta["notes"].append("llama-server batches only requests with the same LoRA configuration (its README, "
+                                 "`lora` field), so N clients on N distinct LoRAs run one at a time there.")
         bench.close()
         summary = write_report(partial, meta, cfg.output)  # also after a failure: what was measured so far
     log(markdown(summary, meta))
