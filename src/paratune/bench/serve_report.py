@@ -103,7 +103,7 @@ def _table(summary: dict, mode: str, value: str = "tok_s", digits: int = 1) -> l
             columns.append((c["system"], c["kind"]))
     levels = sorted({c["level"] for c in cells})
     index = {(c["level"], c["system"], c["kind"]): c for c in cells}
-    head = "rate (req/s)" if mode == "poisson" else "concurrency"
+    head = {"poisson": "rate (req/s)", "prefill": "prompts"}.get(mode, "concurrency")
     lines = ["| " + head + " | " + " | ".join(f"{SYSTEM_LABELS.get(s, s)} {k}" for s, k in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for level in levels:
@@ -129,7 +129,7 @@ def markdown(summary: dict, meta: dict) -> str:
     sections = [("decode", "Decode only (engine `generate` vs `llama-batched-bench` S_TG), tokens/s"),
                 ("closed", "HTTP end to end, closed loop (N concurrent clients), output tokens/s"),
                 ("poisson", "HTTP end to end, Poisson arrivals, output tokens/s"),
-                ("prefill", "Prefill only (long prompts; level = prompts per batch), prompt tokens/s")]
+                ("prefill", "Prefill only, long prompts (base vs PARA's generator), prompt tokens/s")]
     for mode, title in sections:
         table = _table(summary, mode)
         if not table:
@@ -190,7 +190,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_xlabel("arrival rate (requests/s)" if mode == "poisson" else "concurrent requests (distinct adapters)")
         ax.set_ylabel("output tokens/s")
         ax.set_title(title)
-        ax.set_ylim(bottom=0)
+        top = max((c["tok_s"]["max"] for c in cells), default=1.0)
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
