@@ -130,8 +130,8 @@ def test_streaming_records_ttft_and_usage(fresh):
     result = http_load.run_closed(fresh.url, bodies(4, 2, max_tokens=6), 2, stream=True)
     for r in result.records:
         assert r.status == 200 and r.completion_tokens == 6 and r.finish_reason == "length"
-        assert 0 < r.ttft < r.latency
-    assert result.summary()["ttft_p50_s"] is not None
+        assert 0 < r.ttft < r.latency and not r.counted_from_chunks
+    assert result.summary()["ttft_p50_s"] is not None and "tokens_counted_from_chunks" not in result.summary()
 
 
 def test_poisson_arrivals_have_the_right_rate():

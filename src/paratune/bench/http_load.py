@@ -38,6 +38,7 @@ class RequestRecord:
     completion_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    counted_from_chunks: bool = False  # streamed without a final `usage`: one token per non-empty chunk
 
     @property
     def latency(self) -> float:
@@ -80,6 +81,9 @@ class RunResult:
                "latency_p50_s": percentile(lat, 50), "latency_p99_s": percentile(lat, 99),
                "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
                "max_in_flight": self.max_in_flight}
+        chunk_counted = sum(1 for r in ok if r.counted_from_chunks)
+        if chunk_counted:
+            out["tokens_counted_from_chunks"] = chunk_counted
         if expected_tokens is not None:  # a server that ignores ignore_eos may stop some requests early
             out["short_requests"] = sum(1 for r in ok if r.completion_tokens < expected_tokens)
         first_errors = [r.error or f"HTTP {r.status}" for r in self.records if r not in ok][:3]
@@ -181,6 +185,7 @@ class _Runner:
                     record.completion_tokens = int(usage.get("completion_tokens", 0))
         if not record.completion_tokens:
             record.completion_tokens = chunks
+            record.counted_from_chunks = True
 
 
 async def closed_loop(url: str, bodies: list[dict], concurrency: int, *, headers: dict | None = None,
