@@ -145,3 +145,25 @@ def test_generation_still_works_after_scoring(http):
                                                   "temperature": 0})
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_scoring_between_decode_steps_leaves_running_requests_alone(http, live, chat_tokenizer):
+    """Echo scoring runs a side forward between engine steps: running generations (PARA, LoRA, base) give the
+    same greedy text as when run alone, and the scores equal those computed with nothing running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = [{"model": m, "prompt": f"Tell me about {m}", "max_tokens": 60, "temperature": 0}
+           for m in ("para0", "lora0", MODEL_NAME, "ia3")]
+    ids, context = split_ids(chat_tokenizer, CONTEXT, CONTINUATION)
+    score = {"model": "para1", "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 0,
+             "context_tokens": context}
+    alone = [http.post("/v1/completions", json=body).json()["choices"][0]["text"] for body in gen]
+    scored_alone = http.post("/v1/completions", json=score).json()["choices"][0]["logprobs"]["token_logprobs"]
+    with ThreadPoolExecutor(12) as pool:
+        generations = [pool.submit(http.post, "/v1/completions", json=body) for body in gen]
+        scores = [pool.submit(http.post, "/v1/completions", json=score) for _ in range(8)]
+        texts = [f.result().json()["choices"][0]["text"] for f in generations]
+        values = [f.result().json()["choices"][0]["logprobs"]["token_logprobs"] for f in scores]
+    assert texts == alone
+    for v in values:
+        assert v[1:] == pytest.approx(scored_alone[1:], abs=1e-5)
