@@ -82,3 +82,17 @@ def test_wrong_key_is_refused(live):
     with pytest.raises(openai.AuthenticationError) as error:
         bad.models.list()
     assert error.value.status_code == 401 and "API key" in str(error.value)
+
+
+def test_ignore_eos_generates_max_tokens(live):
+    # Every token counts as EOS for this test: without ignore_eos a request ends after its first token.
+    saved = live.engine.eos_ids
+    live.engine.eos_ids = set(range(len(live.engine.tokenizer)))
+    try:
+        kwargs = dict(model="para0", prompt="Count:", max_tokens=6, temperature=0)
+        stopped = client(live).completions.create(**kwargs)
+        full = client(live).completions.create(**kwargs, extra_body={"ignore_eos": True})
+    finally:
+        live.engine.eos_ids = saved
+    assert stopped.usage.completion_tokens == 1 and stopped.choices[0].finish_reason == "stop"
+    assert full.usage.completion_tokens == 6 and full.choices[0].finish_reason == "length"

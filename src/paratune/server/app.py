@@ -171,7 +171,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(400, f"max_tokens must be <= {config.max_completion_tokens}, got {max_tokens}",
                            param="max_tokens")
         return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              top_k=body.top_k, seed=body.seed, stop=body.stop or [], logprobs=logprobs)
+                              top_k=body.top_k, seed=body.seed, stop=body.stop or [], logprobs=logprobs,
+                              ignore_eos=body.ignore_eos)
 
     # Every request accepted and not yet finished, including those still on their way to the engine thread
     # (which the engine's own queue does not show yet). Weak, so a response dropped before it started cannot

@@ -19,6 +19,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past EOS (benchmarks)
     user: Optional[str] = None
 
     @field_validator("stop")
