@@ -28,11 +28,15 @@ from .adapter_bank import AdapterBank, AdapterError, Ia3Adapter, LoraAdapter, Pa
 from .adapter_tables import LoraTables, ParaTables
 from .detokenize import engine_tokenizer, make_detokenizer
 from .hooks import EngineHooks, StepRows
-from .kv_cache import ATTENTION_NAME, SlotKVCache, decode_mask
-from .request import Request
+from .kv_cache import ATTENTION_NAME, SlotKVCache, StepPlan, decode_mask
+from .request import Request, SamplingParams
 from .sampler import Sampler
 
 DEFAULT_MAX_SEQ_LEN = 2048
+
+
+class NoFreeSlot(RuntimeError):
+    """Every KV slot is taken (``Engine.prompt_logits`` needs one for the scoring row's adapter deltas)."""
 
 
 class Engine:
@@ -86,6 +90,9 @@ class Engine:
                     for site in self._layer_sites(index, adapter.config.targets).values():
                         self.hooks.hook_site(index, site)
                 adapter.slot = self.para.add(name, adapter.generators)
+                # The tables hold the weights now: keep only the layer indices. Thousands of adapters' modules
+                # kept alive were ~10^5 long-lived objects that every full garbage collection walked.
+                adapter.generators = dict.fromkeys(adapter.generators)
             elif isinstance(adapter, LoraAdapter):
                 for path_ in adapter.weights:
                     self.hooks.hook_lora(path_)
@@ -176,6 +183,39 @@ class Engine:
             self.step()
         return requests
 
+    @torch.inference_mode()
+    def prompt_logits(self, ids: list[int], adapter: str | None, context: int | None = None) -> torch.Tensor:
+        """Logits (T, vocab) in fp32 of every position of ``ids`` under ``adapter``, from one forward that writes
+        no KV (echo scoring, lm-eval over HTTP). Call it between steps (the async front runs it on the engine
+        thread). A PARA adapter pools tokens [0, context) only, never the scored continuation after it. The
+        scoring row borrows a free slot for its adapter deltas and gives it back at once."""
+        if adapter is not None and adapter not in self.bank.adapters:
+            raise KeyError(f"unknown adapter {adapter!r}; loaded: {sorted(self.bank.adapters)}")
+        if not self._free:
+            raise NoFreeSlot("every KV slot is running a request; score again when one finishes")
+        length, context = len(ids), len(ids) if context is None else context
+        scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
+        self._free.sort()
+        slot = self._free.pop(0)
+        saved_plan = self.cache.plan
+        positions = torch.arange(length, device=self.device)
+        plan = StepPlan("prefill", torch.full((length,), slot, device=self.device), positions,
+                        segments=[(0, length)])
+        pooled = StepPlan("prefill", plan.slots[:context], positions[:context], segments=[(0, context)])
+        try:
+            self._join([slot], [scratch])
+            self.cache.plan = plan
+            self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill([scratch], plan.segments))
+            self.hooks.on_prefill_layer = self._para_prefill([scratch], [slot], pooled)
+            return self.model(input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None],
+                              attention_mask=_NO_MASK(self), use_cache=False).logits[0].float()
+        finally:
+            self.hooks.on_prefill_layer = None
+            self.hooks.step = None
+            self.cache.plan = saved_plan
+            scratch.finish_reason = "length"
+            self._retire()  # zeroes the slot's deltas and frees it
+
     # ----- the loop -----------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
@@ -249,7 +289,7 @@ class Engine:
         positions = self._positions[lo:hi] if index is None else self._positions[index]
         tokens = self._next_tokens[lo:hi] if index is None else self._next_tokens[index]
         longest = max(len(r.prompt_ids) + len(r.output_ids) for r in rows)  # host-side: no sync
-        self.cache.plan = layout.plan
+        self.cache.plan = layout.plan  # the layout's plan, with this step's positions and attended length
         layout.plan.positions, layout.plan.length = positions, longest
         mask = decode_mask(self._positions[lo:hi] + 1, longest, self.dtype)
         self.hooks.step = layout.step

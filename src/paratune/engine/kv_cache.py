@@ -41,7 +41,6 @@ class StepPlan:
 
 class SlotKVCache:
     is_compileable = False
-    is_sliding = [False]
 
     def __init__(self, shapes: list[tuple[int, int]], num_slots: int, capacity: int, dtype: torch.dtype,
                  device: torch.device):

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import AdapterError, Engine, Request, SamplingParams
 from ..engine.async_engine import AsyncEngine
+from ..engine.engine import NoFreeSlot
 from .metrics import ServerMetrics
 from .schemas import AdapterLoad, ChatCompletionRequest, CompletionRequest
 
@@ -456,10 +457,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     return app
 
 
-class NoFreeSlot(Exception):
-    """Echo scoring needs a free KV slot for the scored row's adapter deltas; every slot is running."""
-
-
 @dataclass
 class PromptScores:
     values: list[float]  # log-probability of prompt token t given tokens < t, t = 1 .. T-1
@@ -469,48 +466,16 @@ class PromptScores:
 
 def score_prompt(engine: Engine, ids: list[int], adapter: str | None, context: int, top_k: int,
                  next_params: SamplingParams | None) -> PromptScores:
-    """Log-probabilities of every prompt token under ``adapter``, from one side forward of the engine's model.
-
-    Runs on the engine thread between steps (``AsyncEngine._run``), like the engine's own prefill but writing
-    no KV: the prompt is planned as one prefill segment, the forward runs without a cache, and the scratch row
-    borrows a free slot only for its adapter deltas ((IA)^3 at join, PARA per layer), released at once. A PARA
-    adapter pools tokens ``[0, context)`` only (the context), never the scored continuation after it.
-    Engine internals used: ``_free``, ``_join``, ``_retire``, ``_lora_rows_prefill``, ``_para_prefill``,
-    ``cache.plan``, ``hooks.step`` / ``on_prefill_layer`` (a candidate for an ``Engine.score_prompt``)."""
+    """Log-probabilities of every prompt token under ``adapter`` (``Engine.prompt_logits``: one forward on the
+    engine thread between steps, no KV written; a PARA adapter pools tokens [0, context) only), and with
+    ``next_params`` the next token sampled from the same forward."""
     import torch
     import torch.nn.functional as F
 
-    from ..engine.engine import _NO_MASK
-    from ..engine.hooks import StepRows
-    from ..engine.kv_cache import StepPlan
     from ..engine.sampler import Sampler
 
-    if adapter is not None and adapter not in engine.bank.adapters:
-        raise KeyError(adapter)
-    if not engine._free:
-        raise NoFreeSlot()
-    device, T = engine.device, len(ids)
-    scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
-    engine._free.sort()
-    slot = engine._free.pop(0)
-    saved_plan = engine.cache.plan
-    positions = torch.arange(T, device=device)
-    plan = StepPlan("prefill", torch.full((T,), slot, device=device), positions, segments=[(0, T)])
-    pooled = StepPlan("prefill", plan.slots[:context], positions[:context], segments=[(0, context)])
-    try:
-        engine._join([slot], [scratch])
-        engine.cache.plan = plan
-        engine.hooks.step = StepRows("prefill", plan.slots, lora=engine._lora_rows_prefill([scratch], plan.segments))
-        engine.hooks.on_prefill_layer = engine._para_prefill([scratch], [slot], pooled)
-        with torch.inference_mode():
-            logits = engine.model(input_ids=torch.tensor([ids], device=device), position_ids=positions[None],
-                                  attention_mask=_NO_MASK(engine), use_cache=False).logits[0].float()
-    finally:
-        engine.hooks.on_prefill_layer = None
-        engine.hooks.step = None
-        engine.cache.plan = saved_plan
-        scratch.finish_reason = "length"
-        engine._retire()  # zeroes the slot's deltas, releases it
+    T = len(ids)
+    logits = engine.prompt_logits(ids, adapter, context)
     logp = F.log_softmax(logits, dim=-1)
     target = torch.tensor(ids[1:], device=logp.device)
     values = logp[:-1].gather(-1, target[:, None])[:, 0].tolist()
@@ -520,8 +485,9 @@ def score_prompt(engine: Engine, ids: list[int], adapter: str | None, context: i
         top = [list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())]
     next_token = None
     if next_params is not None:
-        sampler = Sampler(device)
-        generator = torch.Generator(device="cpu").manual_seed(next_params.seed) if next_params.seed is not None else None
+        sampler = Sampler(engine.device)
+        generator = torch.Generator(device=engine.device).manual_seed(next_params.seed) \
+            if next_params.seed is not None else None
         sampler.set_rows([next_params], [generator])
         token = int(sampler(logits[-1:])[0][0])
         last = logp[-1]
