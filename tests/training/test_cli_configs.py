@@ -32,10 +32,10 @@ def test_flags_are_the_config_fields(path):
 
 
 def test_defaults_round_trip_and_lists():
-    args = subparser("bench", "serve").parse_args(["--concurrency", "1,4", "16", "--no-profile"])
+    args = subparser("bench", "serve").parse_args(["--concurrency", "1,4", "16", "--stream"])
     cfg = config_from_args(_bench_config_class(), args)
-    assert cfg.concurrency == [1, 4, 16] and cfg.profile is False and cfg.peft_reference is True
-    assert cfg.shapes == ["smollm2-135m", "llama-430m-random"]  # the dataclass default, untouched
+    assert cfg.concurrency == [1, 4, 16] and cfg.stream is True and cfg.peft_reference is False
+    assert cfg.kinds == ["base", "para", "lora"]  # the dataclass default, untouched
     args = subparser("generate").parse_args(["--prompt", "hi", "--adapter", "a=x,y", "--adapter", "b=z"])
     assert config_from_args(GenerateConfig, args).adapters == {"a": "x,y", "b": "z"}  # paths are not split
     args = subparser("train").parse_args(["--data", "a.jsonl", "b,c.jsonl", "--output", "o", "--targets", "q,up", "v"])
@@ -54,8 +54,7 @@ def test_defaults_round_trip_and_lists():
     (["generate", "--prompt", "hi", "--prompts-file", "p.jsonl"], "exactly one of --prompt or --prompts-file"),
     (["demo", "--steps", "0"], "steps must be a positive integer, got 0"),
     (["demo", "--lr", "-1"], "lr must be a positive number, got -1.0"),
-    (["bench", "serve", "--shapes", "gpt-5"], "shapes must be a non-empty list of smollm2-135m, llama-430m-random, "
-                                             "got ['gpt-5']"),
+    (["bench", "serve", "--kinds", "gpt"], "kinds must be a non-empty list of base, para, lora, got ['gpt']"),
     (["bench", "serve", "--concurrency", "1,x"], "concurrency must be a list of int values, got ['1,x']"),
     (["bench", "serve", "--device", "tpu"], "device must be cpu, cuda (or cuda:N), mps or xpu, got 'tpu'"),
     (["train", "--data", "d.jsonl", "--output", "o", "--format", "csv"], "unknown format 'csv'; allowed: alpaca, "
