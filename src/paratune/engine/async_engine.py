@@ -26,7 +26,10 @@ class StreamEvent:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, own_thread: bool = True):
+        """``own_thread=False``: the caller runs the step loop with ``run()`` on its own thread. The server does
+        that on the process's main thread: PyTorch's intra-op parallelism is fast only on the first thread that
+        used it (measured: one request 1.11 s on that thread, 1.89 s on any other; ``bench/thread_check.py``)."""
         self.engine = engine
         if engine.tokenizer is not None and not isinstance(engine.tokenizer, LockedTokenizer):
             engine.tokenizer = LockedTokenizer(engine.tokenizer)
@@ -36,9 +39,14 @@ class AsyncEngine:
         self._listeners: dict[int, Callable[[Request, int], None]] = {}
         self._draining: set[str] = set()
         self._in_flight: collections.Counter[str | None] = collections.Counter()  # adapter -> open streams
-        self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True)
-        self._thread.start()
         self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True) if own_thread else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def run(self) -> None:
+        """The step loop on the calling thread, until ``shutdown`` (for ``own_thread=False``)."""
+        self._loop()
 
     # ----- engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -152,7 +160,8 @@ class AsyncEngine:
     def shutdown(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
 
 class LockedTokenizer:

@@ -106,8 +106,9 @@ class ApiKeyAuth:
         return await self.app(scope, receive, send)
 
 
-def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
-    front = AsyncEngine(engine)
+def create_app(engine: Engine, config: ServerConfig, engine_thread: bool = True) -> FastAPI:
+    """``engine_thread=False``: the caller runs ``app.state.front.run()`` (the step loop) itself."""
+    front = AsyncEngine(engine, own_thread=engine_thread)
     metrics = ServerMetrics()
     tokenizer = engine.tokenizer
     vocab_size = engine.model.get_input_embeddings().num_embeddings

@@ -6,6 +6,8 @@ Every flag is a field of ``ServeConfig``; ``serve(ServeConfig(...))`` is the sam
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -110,10 +112,31 @@ def serve(config: ServeConfig) -> int:
     server_config = ServerConfig(model_name=config.model, api_key=config.api_key, queue_size=config.queue_size,
                                  max_prompt_tokens=config.max_prompt_tokens,
                                  max_completion_tokens=config.max_completion_tokens, adapter_root=root)
-    app = create_app(engine, server_config)
+    # The engine steps on this (the main) thread, which loaded the model: PyTorch's intra-op parallelism is fast
+    # only on the first thread that used it (bench/thread_check.py: 1.11 s vs 1.89 s for one request), so HTTP
+    # gets the background thread. Ctrl-C lands here and stops both.
+    app = create_app(engine, server_config, engine_thread=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level))
+    http = threading.Thread(target=server.run, name="paratune-http", daemon=True)
     print(f"serving {config.model} + {len(adapters)} adapters on http://{config.host}:{config.port}/v1")
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    http.start()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn off the main thread installs no handlers
+    try:
+        watcher = threading.Thread(target=lambda: (http.join(), app.state.front.shutdown()), daemon=True)
+        watcher.start()  # the HTTP server stopping (startup failure, shutdown) ends the step loop too
+        app.state.front.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        app.state.front.shutdown()
+        http.join(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def add_parser(commands) -> None:
