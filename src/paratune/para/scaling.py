@@ -1,8 +1,9 @@
 """Apply per-row scaling vectors to a decoder layer's projections through forward hooks.
 
 This is the only thing PARA does at decode time. ``SiteScaler`` owns the hooks of one decoder layer and the
-current per-row deltas (one tensor per hooked module, shape (B, 1, features)); whoever computed them (the PEFT
-``ParaLayer`` at prefill, or the serving engine for its batch rows) assigns ``scales``.
+current per-row deltas (one tensor per hooked module, shape (B, 1, features)), which the PEFT ``ParaLayer``
+computes at prefill and assigns to ``scales``. (The serving engine has its own hooks over per-slot delta tables,
+``engine/hooks.py``, and shares ``apply_delta``'s arithmetic and ``module_scales``'s layout.)
 
 A scaling vector l = 1 + delta is applied as ``out + out * delta`` (one fused ``addcmul``, computed in fp32
 and rounded once), never as ``out * (1 + delta)``: in bf16, 1 + 0.001 rounds to exactly 1 and 1 + 0.005 to
