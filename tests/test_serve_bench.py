@@ -9,17 +9,15 @@ import json
 import statistics
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from paratune.bench import http_load, llama_cpp, serve_bench, serve_report
-from tests.server.conftest import free_port
+from tests.server.conftest import serve_in_thread
 
 
 # ----- a stub OpenAI-style server ---------------------------------------------------------------------------
@@ -67,15 +65,7 @@ class Stub:
 @pytest.fixture(scope="module")
 def stub():
     stub = Stub()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(stub.app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    stub.url = f"http://127.0.0.1:{port}"
+    stub.url, server, thread = serve_in_thread(stub.app)
     yield stub
     server.should_exit = True
     thread.join(timeout=10)

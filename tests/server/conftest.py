@@ -69,8 +69,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, threading.Thread, object]:
-    app = create_app(engine, config)
+def serve_in_thread(app) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """Run an ASGI app with uvicorn on a free loopback port in a daemon thread; returns once it is up."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -79,7 +79,12 @@ def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, th
         if server.started:
             break
         time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread, app
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def start(engine: Engine, config: ServerConfig) -> tuple[str, uvicorn.Server, threading.Thread, object]:
+    app = create_app(engine, config)
+    return (*serve_in_thread(app), app)
 
 
 def serve_tenants(tmp_path_factory, tokenizer, engine: Engine, **config):
