@@ -1,7 +1,7 @@
 """paratune command line: one verb per module.
 
-Every verb but ``eval`` and ``bench quality`` is a config dataclass: ``TrainConfig`` (training/config.py),
-``GenerateConfig`` (generate.py), ``ServeConfig`` (server/cli.py), ``DemoConfig`` and ``BenchServeConfig`` (here).
+Every verb but ``eval`` is a config dataclass: ``TrainConfig`` (training/config.py),
+``GenerateConfig`` (generate.py), ``ServeConfig`` (server/cli.py), ``DemoConfig`` and ``BenchServeConfig`` (here), ``QualityConfig`` (bench/quality).
 ``add_config_arguments`` makes one flag per field (``--batch-size`` is ``batch_size``) and ``config_from_args``
 builds the dataclass from the parsed flags, so the dataclass validates (ValueError naming the field, the value
 and what is accepted) and the Python API and the CLI cannot drift apart.
@@ -189,19 +189,11 @@ def _bench_serve(args) -> int:
 
 
 def _bench_quality(args) -> int:
-    from .bench.quality_bench import QualityConfig, load_cells, run, write_report
+    from .bench.quality import QualityConfig, run
 
-    cfg = QualityConfig(tasks=args.tasks.split(","), methods=args.methods.split(","),
-                        seeds=[int(s) for s in args.seeds.split(",")], multitask=not args.no_multitask,
-                        scale=args.scale, model=args.model, output=args.output)
-    command = shlex.join(["paratune", *args.argv])
-    if args.report_only:
-        if not load_cells(cfg):
-            raise FileNotFoundError(f"no finished cells in {Path(cfg.output) / 'quality_cells.jsonl'}")
-        write_report(cfg, command)
-    else:
-        run(cfg, command)
-    print(Path(cfg.output, "quality.md").read_text())
+    cfg = config_from_args(QualityConfig, args)
+    path = run(cfg, shlex.join(["paratune", *args.argv]), report_only=args.report_only)
+    print(path.read_text())
     return 0
 
 
@@ -260,20 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_bench_serve)
 
     quality = bench_kinds.add_parser(
-        "quality", help="PARA vs LoRA vs (IA)^3 vs prompt tuning on real tasks (resumable, hours on a CPU)",
+        "quality", help="fair quality protocol: PARA vs LoRA vs (IA)^3 vs prompt tuning (resumable, hours on a CPU)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train every method on every task with the same code, data and seeds, evaluate on held-out "
-        "data, and write quality.md / quality.json / quality.png. Finished cells are kept in "
-        "quality_cells.jsonl and skipped on the next run, so the benchmark can be stopped and resumed.")
-    quality.add_argument("--tasks", default="sst2,boolq,arc-easy,squad", help="also: copa, openbookqa")
-    quality.add_argument("--methods", default="para,lora,ia3,prompt-tuning", help="comma-separated methods")
-    quality.add_argument("--seeds", default="0", help="comma-separated training seeds (the eval sets never change)")
-    quality.add_argument("--no-multitask", action="store_true", help="skip the union-of-tasks adapters")
-    quality.add_argument("--scale", type=float, default=1.0, help="scale data sizes and steps (0.1 = quick look)")
-    quality.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    quality.add_argument("--output", default="docs/results", help="folder for the cells file and the report")
+        description="For every task and method: the learning rate chosen on a validation split carved from the "
+        "training data, then several seeds at that rate scored on the test split with lm-evaluation-harness; "
+        "paired bootstrap CIs for PARA - LoRA; PARA ablations. Every finished training run and scoring is kept "
+        "in OUTPUT/runs.jsonl and skipped on the next run, so the same command resumes. Writes quality.md, "
+        "quality.json and quality.png. Quick look: --scale 0.05 --output /tmp/q.")
+    from .bench.quality import QualityConfig
+
+    add_config_arguments(quality, QualityConfig)
     quality.add_argument("--report-only", action="store_true",
-                         help="rebuild quality.md/json/png from the finished cells without training anything")
+                         help="rebuild quality.md/json/png from the finished runs without training anything")
     quality.set_defaults(func=_bench_quality)
     return parser
 

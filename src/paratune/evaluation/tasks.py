@@ -288,6 +288,23 @@ def write_multiple_choice(items: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
+def render_squad_file(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """lm-eval's ``squad`` task (the same prompt, generation and metrics as the built-in one) over the SQuAD
+    documents of a JSONL file (one ``{"id", "title", "context", "question", "answers"}`` object per line, as
+    ``process_squad`` yields them), written into ``out`` (a folder of its own, with the ``utils.py`` its
+    metric needs). Returns the YAML path. Used by ``paratune bench quality`` to score a held-out subset."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(out / "utils.py", UTILS)
+    config = {"task": TASKS["squad"].lm_eval_name, **_simple_task("squad", data_root(), out)}
+    config.update(_json_source({"validation": Path(path)}))
+    config.pop("process_docs")
+    config["metadata"] = {"version": 1.0, "source": str(Path(path).resolve())}
+    target = out / "squad.yaml"
+    _write_if_changed(target, _dump(config))
+    return target
+
+
 # ----- rendering -----------------------------------------------------------------------------------------
 def render_tasks(names: list[str] | None = None, root: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
