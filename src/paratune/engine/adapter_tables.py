@@ -168,12 +168,15 @@ class ParaTables:
         t = self.layers[index]
         n = len(slots)
         x = hidden.to(self.dtype)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        # RMS normalisation as one factor per token, folded into the pooling weights below: no normalised copy
+        # of the (tokens, d) hidden states is made (that copy and its products were most of the generator's
+        # prefill cost).
+        norm = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1).square() / x.shape[-1] + 1e-6)
         slot_index = torch.tensor(slots, device=x.device)
         pooled = x.new_zeros(n, x.shape[-1])
         for pooling in dict.fromkeys(self.pooling[s] for s in slots):
             members = [i for i, s in enumerate(slots) if self.pooling[s] == pooling]
-            pooled[members] = self._pool(pooling, x, segments, n, t["query"][slot_index])[members]
+            pooled[members] = self._pool(pooling, x, norm, segments, n, t["query"][slot_index])[members]
         z = torch.einsum("nd,nrd->nr", pooled, t["down_w"][slot_index]) + t["down_b"][slot_index]
         z = self._activate(z, slots, slot_index, t)
         return {target: torch.einsum("nr,nwr->nw", z, t[f"up_{target}"][slot_index]) for target in self._order(index)}
@@ -184,25 +187,30 @@ class ParaTables:
         return [target for target in TARGETS if target in self.targets[index]]
 
     @staticmethod
-    def _pool(pooling: str, x: torch.Tensor, segments: torch.Tensor, n: int, query: torch.Tensor) -> torch.Tensor:
+    def _pool(pooling: str, x: torch.Tensor, norm: torch.Tensor, segments: torch.Tensor, n: int,
+              query: torch.Tensor) -> torch.Tensor:
+        """(n, d) pooled normalised states (x * norm per token) of each prompt. Attention and mean pooling are
+        one (n, tokens) @ (tokens, d) product with the normalisation folded into the weights."""
         d = x.shape[-1]
-        if pooling == "attention":
-            scores = (x * query[segments]).sum(-1) * d ** -0.5
-            top = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
-            top = top.scatter_reduce(0, segments, scores, "amax")
-            weights = torch.exp(scores - top[segments])
+        tokens = torch.arange(len(segments), device=x.device)
+        if pooling in ("attention", "mean"):
+            if pooling == "attention":  # softmax over each prompt of (x_t * norm_t) . query / sqrt(d)
+                scores = (x @ query.T).gather(1, segments[:, None])[:, 0] * norm * d ** -0.5
+                top = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+                top = top.scatter_reduce(0, segments, scores, "amax")
+                weights = torch.exp(scores - top[segments])
+            else:
+                weights = torch.ones_like(norm)
             total = x.new_zeros(n).index_add_(0, segments, weights)
-            return x.new_zeros(n, d).index_add_(0, segments, x * (weights / total[segments])[:, None])
-        if pooling == "mean":
-            count = x.new_zeros(n).index_add_(0, segments, torch.ones_like(segments, dtype=x.dtype))
-            return x.new_zeros(n, d).index_add_(0, segments, x) / count[:, None]
+            matrix = x.new_zeros(n, len(segments))
+            matrix[segments, tokens] = weights / total[segments] * norm
+            return matrix @ x
         if pooling == "max":
             out = torch.full((n, d), float("-inf"), dtype=x.dtype, device=x.device)
-            return out.scatter_reduce(0, segments[:, None].expand_as(x), x, "amax")
+            return out.scatter_reduce(0, segments[:, None].expand_as(x), x * norm[:, None], "amax")
         if pooling == "last":
-            last = torch.zeros(n, dtype=torch.long, device=x.device).scatter_reduce(
-                0, segments, torch.arange(len(segments), device=x.device), "amax")
-            return x[last]
+            last = torch.zeros(n, dtype=torch.long, device=x.device).scatter_reduce(0, segments, tokens, "amax")
+            return x[last] * norm[last, None]
         raise ValueError(f"unknown pooling {pooling!r}")
 
     def _activate(self, z: torch.Tensor, slots: list[int], slot_index: torch.Tensor, t) -> torch.Tensor:

@@ -205,7 +205,8 @@ class Engine:
         try:
             self._join([slot], [scratch])
             self.cache.plan = plan
-            self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill([scratch], plan.segments))
+            self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill([scratch], plan.segments),
+                                       segments=self._scaled_segments([scratch], [slot], plan.segments))
             self.hooks.on_prefill_layer = self._para_prefill([scratch], [slot], pooled)
             return self.model(input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None],
                               attention_mask=_NO_MASK(self), use_cache=False).logits[0].float()
@@ -264,7 +265,8 @@ class Engine:
         plan = self.cache.plan_prefill(slots, lengths, self.device)
         ends = torch.tensor(lengths, device=self.device).cumsum(0)
         self._join(slots, requests)
-        self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill(requests, plan.segments))
+        self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill(requests, plan.segments),
+                                   segments=self._scaled_segments(requests, slots, plan.segments))
         self.hooks.on_prefill_layer = self._para_prefill(requests, slots, plan)
         try:
             logits = self.model(input_ids=ids, position_ids=plan.positions[None], attention_mask=_NO_MASK(self),
@@ -389,6 +391,15 @@ class Engine:
                     by_module.setdefault(path, []).append((start, end, adapter.slot))
         return by_module
 
+    def _scaled_segments(self, requests: list[Request], slots: list[int], segments) -> list[tuple[int, int, int]]:
+        """(start, end, KV slot) of the prompts whose adapter scales sites (PARA, (IA)^3)."""
+        out = []
+        for request, slot, (start, end) in zip(requests, slots, segments):
+            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
+            if isinstance(adapter, (ParaAdapter, Ia3Adapter)):
+                out.append((start, end, slot))
+        return out
+
     def _para_prefill(self, requests: list[Request], slots: list[int], plan):
         """The prefill's per-layer callback: every PARA row's vectors, from its own prompt, in one batched
         computation over the adapter tables, written into the row's delta rows before the layer runs."""
@@ -399,7 +410,11 @@ class Engine:
         adapters = [self.bank.adapters[requests[i].adapter] for i in members]
         table_slots = [a.slot for a in adapters]
         kv_slots = torch.tensor([slots[i] for i in members], device=self.device)
-        token_index = torch.cat([torch.arange(*plan.segments[i], device=self.device) for i in members])
+        spans = [plan.segments[i] for i in members]
+        if all(spans[j][1] == spans[j + 1][0] for j in range(len(spans) - 1)):  # one contiguous run: a view
+            token_index = slice(spans[0][0], spans[-1][1])
+        else:
+            token_index = torch.cat([torch.arange(*span, device=self.device) for span in spans])
         segments = torch.cat([torch.full((plan.segments[i][1] - plan.segments[i][0],), j, device=self.device)
                               for j, i in enumerate(members)])
 

@@ -26,6 +26,9 @@ class StepRows:
     view: tuple[int, int] | None = None  # decode, rows are the contiguous slots [lo, hi): index by slicing
     # LoRA, per module path: decode: (row indices, LoRA table slots); prefill: [(start, end, table slot)]
     lora: dict[str, object] = field(default_factory=dict)
+    # prefill: (start, end, KV slot) of every prompt whose adapter scales sites (PARA, (IA)^3); the others pay
+    # nothing. None: scale every token by its slot's row (a gather of the whole packed row).
+    segments: list[tuple[int, int, int]] | None = None
 
 
 class EngineHooks:
@@ -63,6 +66,8 @@ class EngineHooks:
         if self.users[key] == 0 or self.step is None:
             return x
         table, step = self.deltas[key], self.step
+        if step.segments is not None:
+            return _scale_segments(x, table, step.segments)
         delta = table[step.view[0]: step.view[1]] if step.view is not None else table[step.slots]
         # (rows or tokens, features) laid out like x: (B, 1, F), (1, S, F), per-head (..., H, D), or flattened.
         return torch.addcmul(x, x, delta.reshape(x.shape).to(x.dtype))
@@ -105,3 +110,13 @@ class EngineHooks:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _scale_segments(x: torch.Tensor, table: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
+    """Prefill: each scaled prompt's tokens times its own delta row, in place on the module's fresh output, a
+    view per prompt. Gathering a delta row per token instead would write and read (tokens x features) per site,
+    the largest part of PARA's prefill overhead."""
+    for start, end, slot in segments:
+        part = x[start:end] if x.dim() == 2 else x[0, start:end]  # (tokens, features...) of one prompt
+        part.addcmul_(part, table[slot].view(part.shape[1:]).to(x.dtype))
+    return x
