@@ -8,7 +8,7 @@ import transformers
 from peft import PeftModel
 
 from paratune.cli import main
-from tests.tasks.test_lm_eval import ITEMS, expected_scores
+from tests.evaluation.test_lm_eval import ITEMS, expected_scores
 
 
 def write_jsonl(path, rows):

@@ -12,7 +12,7 @@ from paratune.bench.quality.data import MC_TASKS, build_splits
 from paratune.bench.quality.methods import lr_key, settings
 from paratune.bench.quality.stats import paired_bootstrap, seed_mean
 from paratune.cli import main
-from paratune.tasks.base import data_root
+from paratune.evaluation.data import data_root
 
 needs_data = pytest.mark.skipif(not (data_root() / "sst2").is_dir(), reason="shared data not available")
 

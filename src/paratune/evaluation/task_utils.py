@@ -123,7 +123,7 @@ def process_squad(dataset):
 
 def squad_process_results(doc, results):
     """Official SQuAD v1.1 exact match and F1 (fractions in [0, 1]), max over the gold answers."""
-    from ..tasks.squad import exact_match, f1, max_over_golds
+    from .squad_metrics import exact_match, f1, max_over_golds
 
     prediction = results[0].strip()
     return {"exact_match": max_over_golds(exact_match, prediction, doc["answers"]),

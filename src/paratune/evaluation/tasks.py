@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from ..tasks.base import data_root
+from .data import data_root
 
 UTILS = "from paratune.evaluation.task_utils import *  # noqa: F401,F403\n"
 MULTIPLE_CHOICE = "multiple-choice"

@@ -117,7 +117,7 @@ def squad_record(doc: dict) -> dict:
 
 
 def _sst2_train_docs() -> list[dict]:
-    from ...tasks.base import data_root
+    from ...evaluation.data import data_root
 
     lines = (data_root() / "sst2" / "alps_train.tsv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")

@@ -14,8 +14,8 @@ from paratune import ParaConfig
 from paratune.evaluation import ParatuneLM, simple_evaluate, summary
 from paratune.evaluation.tasks import export_multiple_choice, write_multiple_choice
 from paratune.para.layer import ParaLayer
-from paratune.tasks.base import data_root
-from tests.tasks.conftest import make_tiny_model
+from paratune.evaluation.data import data_root
+from tests.evaluation.conftest import make_tiny_model
 from tests.tiny_models import randomize_adapter
 
 REQUESTS = [
