@@ -95,6 +95,45 @@ def captured_vectors(monkeypatch):
     return seen
 
 
+ONE_TOKEN_CHOICES = [("Review: a fine film.\nQuestion: positive or negative?\nAnswer:", " positive"),
+                     ("Review: a fine film.\nQuestion: positive or negative?\nAnswer:", " negative"),
+                     ("Passage: water is wet.\nQuestion: is water wet?\nAnswer:", " yes"),
+                     ("Passage: water is wet.\nQuestion: is water wet?\nAnswer:", " no")]
+
+
+def _count_rows(lm, monkeypatch) -> list[int]:
+    rows = []
+    real = type(lm)._model_call
+    monkeypatch.setattr(lm, "_model_call", lambda inps, **kw: rows.append(inps.shape[0]) or real(lm, inps, **kw))
+    return rows
+
+
+def test_para_shares_one_forward_per_question_only_when_the_prompts_agree(para_model, chat_tokenizer, monkeypatch):
+    cached = ParatuneLM(para_model, chat_tokenizer, batch_size=4)
+    rows = _count_rows(cached, monkeypatch)
+    got = [ll for ll, _ in cached.loglikelihood(_instances(ONE_TOKEN_CHOICES), disable_tqdm=True)]
+    assert cached.logits_cache and sum(rows) == 2  # one forward per question, not per choice
+    expected = [direct_loglik(para_model, chat_tokenizer, c, x) for c, x in ONE_TOKEN_CHOICES]
+    assert got == pytest.approx(expected, abs=2e-4)
+    uncached = ParatuneLM(para_model, chat_tokenizer, batch_size=4, logits_cache=False)
+    rows = _count_rows(uncached, monkeypatch)
+    assert [ll for ll, _ in uncached.loglikelihood(_instances(ONE_TOKEN_CHOICES), disable_tqdm=True)] == \
+        pytest.approx(got, abs=1e-5)
+    assert not uncached.logits_cache and sum(rows) == 4
+
+    # Two requests with the same context + continuation[:-1] but different context boundaries would share a
+    # forward under lm-eval's cache while PARA must pool different prompts: the cache is off for that call.
+    ctx, cont = _encode_pair(chat_tokenizer, "The sky is", " blue today")
+    assert len(cont) >= 2
+    split = chat_tokenizer.decode(ctx + cont[:1])
+    pairs = [("The sky is", " blue today"), (split, chat_tokenizer.decode(ctx + cont)[len(split):])]
+    assert _encode_pair(chat_tokenizer, *pairs[1])[0] == ctx + cont[:1]  # really the same tokens, split later
+    lm = ParatuneLM(para_model, chat_tokenizer, batch_size=4)
+    got = [ll for ll, _ in lm.loglikelihood(_instances(pairs), disable_tqdm=True)]
+    assert not lm.logits_cache
+    assert got == pytest.approx([direct_loglik(para_model, chat_tokenizer, c, x) for c, x in pairs], abs=2e-4)
+
+
 def test_para_scored_through_lm_eval_never_pools_the_continuation(para_model, chat_tokenizer, captured_vectors):
     context = "Question: Which gas do plants absorb?\nAnswer:"
     conts = [" carbon dioxide", " oxygen and a great many other gases besides"]

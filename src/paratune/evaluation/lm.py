@@ -11,9 +11,11 @@ model, every log-likelihood forward also gets ``para_prompt_mask`` = True exactl
 row (lm-eval's ``context_enc`` after its left truncation), and generation gets the prompt (the attention mask
 of the left-padded context) as the mask. The rows of a forward are matched to their requests by replaying
 lm-eval's own ordering (``Collator`` with the same sort key) and every row's tokens are checked against the
-request it is taken for, so a change in lm-eval's batching raises instead of pooling the wrong tokens. The
-one-token-continuation logits cache is off for PARA (two requests may share context + continuation[:-1] with
-different context boundaries); ``batch_size="auto"`` is refused for PARA (its probe forwards carry no mask).
+request it is taken for, so a change in lm-eval's batching raises instead of pooling the wrong tokens. lm-eval's
+one-token-continuation cache (one forward for all the choices of a question that share context +
+continuation[:-1]) is kept for PARA only when every such group also shares its context boundary, so the pooled
+prompt is the same for every member (the usual multiple-choice case: SST-2, BoolQ); otherwise it is off for the
+call. ``batch_size="auto"`` is refused for PARA (its probe forwards carry no mask).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class ParatuneLM(HFLM):
             if str(batch_size).startswith("auto"):
                 raise ValueError("batch_size='auto' is not supported for PARA models (the size probe has no "
                                  "prompt mask); pass an integer")
-            kwargs["logits_cache"] = False
+            self._want_logits_cache = kwargs.get("logits_cache", True)
         kwargs.setdefault("device", str(next(pretrained.parameters()).device))
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
                          max_length=max_length, **kwargs)
@@ -70,11 +72,20 @@ class ParatuneLM(HFLM):
         if not self.para:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
-        def _collate(req):  # HFLM._loglikelihood_tokens' sort key, so the replay has its order
+        def _collate(req):  # HFLM._loglikelihood_tokens' sort key and group key, so the replay has its order
             toks = req[1] + req[2]
             return -len(toks), tuple(toks)
 
-        ordered = next(Collator(requests, sort_fn=_collate, group_by=None).get_batched(n=0), [])
+        def _lookup_one_token_cont(req):
+            return req[-2] + req[-1][:-1]
+
+        # A shared forward is safe for PARA only if the group's members pool the same prompt (same boundary).
+        boundaries = collections.defaultdict(set)
+        for _, context_enc, continuation_enc in requests:
+            boundaries[tuple(context_enc + continuation_enc[:-1])].add(len(context_enc))
+        self.logits_cache = self._want_logits_cache and all(len(b) == 1 for b in boundaries.values())
+        ordered = next(Collator(requests, sort_fn=_collate, group_by="contexts" if self.logits_cache else None,
+                                group_fn=_lookup_one_token_cont).get_batched(n=0), [])
         pending = collections.deque()
         for _, context_enc, continuation_enc in ordered:
             window = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]
