@@ -323,8 +323,9 @@ class Engine:
         lo, hi = slots[0], slots[-1] + 1
         index = None if hi - lo == len(slots) else torch.tensor(slots, device=self.device)
         plan = self.cache.plan_decode(slots, self._positions[:0], 0, self.device)
-        step = StepRows("decode", plan.slots, view=(lo, hi) if index is None else None,
-                        lora=self._lora_rows_decode(rows))
+        view = (lo, hi) if index is None else None
+        step = StepRows("decode", plan.slots, view=view, lora=self._lora_rows_decode(rows),
+                        views=self.hooks.decode_views(view, index))
         self.sampler.set_rows([r.params for r in rows], [r.generator for r in rows])
         self._layout = _DecodeLayout(key, rows, (lo, hi), index, plan, step)
         return self._layout

@@ -29,6 +29,9 @@ class StepRows:
     # prefill: (start, end, KV slot) of every prompt whose adapter scales sites (PARA, (IA)^3); the others pay
     # nothing. None: scale every token by its slot's row (a gather of the whole packed row).
     segments: list[tuple[int, int, int]] | None = None
+    # decode: the (rows, features) delta view of every site some running row scales, built once per batch
+    # composition; a site missing here is skipped.
+    views: dict[tuple[int, str], torch.Tensor] | None = None
 
 
 class EngineHooks:
@@ -41,11 +44,37 @@ class EngineHooks:
         self.deltas: dict[tuple[int, str], torch.Tensor] = {}  # (layer, module path) -> (slots, features)
         self.users: collections.Counter = collections.Counter()  # (layer, module path) -> running rows scaled
         self.step: StepRows | None = None
-        # Set by the engine for the duration of a prefill: called with (layer index, hidden states entering it).
-        self.on_prefill_layer: Callable[[int, torch.Tensor], None] | None = None
-        self._handles = [layer.register_forward_pre_hook(self._before_layer(i), with_kwargs=True)
-                         for i, layer in enumerate(self.layers)]
+        self._on_prefill_layer: Callable[[int, torch.Tensor], None] | None = None
+        self._layer_handles: list = []
+        self._handles: list = []
         self._lora_hooked: set[str] = set()
+
+    @property
+    def on_prefill_layer(self) -> Callable[[int, torch.Tensor], None] | None:
+        """Set by the engine for the duration of a prefill: called with (layer index, hidden states entering
+        it). The layers' pre-hooks exist only while it is set, so a decode step pays no hook per layer."""
+        return self._on_prefill_layer
+
+    @on_prefill_layer.setter
+    def on_prefill_layer(self, callback) -> None:
+        self._on_prefill_layer = callback
+        if callback is not None and not self._layer_handles:
+            self._layer_handles = [layer.register_forward_pre_hook(self._before_layer(i), with_kwargs=True)
+                                   for i, layer in enumerate(self.layers)]
+        elif callback is None:
+            for handle in self._layer_handles:
+                handle.remove()
+            self._layer_handles = []
+
+    def decode_views(self, view: tuple[int, int] | None, index: torch.Tensor | None) -> dict:
+        """{site: (rows, features) deltas of the running rows}: a slice of the table for a contiguous slot range,
+        else a gather (valid until the batch changes, when the engine rebuilds it)."""
+        out = {}
+        for key, count in self.users.items():
+            if count > 0:
+                table = self.deltas[key]
+                out[key] = table[view[0]: view[1]] if view is not None else table[index]
+        return out
 
     # ----- scaling sites (PARA vectors, (IA)^3) -----------------------------------------------------------
     def hook_site(self, layer: int, site) -> tuple[int, str]:
@@ -63,9 +92,17 @@ class EngineHooks:
         return key
 
     def _scale(self, key, x: torch.Tensor) -> torch.Tensor:
-        if self.users[key] == 0 or self.step is None:
+        step = self.step
+        if step is None:
             return x
-        table, step = self.deltas[key], self.step
+        if step.views is not None:  # decode: in place on the module's fresh output
+            delta = step.views.get(key)
+            if delta is None:
+                return x
+            return x.addcmul_(x, delta.view(x.shape) if delta.dtype == x.dtype else delta.view(x.shape).to(x.dtype))
+        if self.users[key] == 0:
+            return x
+        table = self.deltas[key]
         if step.segments is not None:
             return _scale_segments(x, table, step.segments)
         delta = table[step.view[0]: step.view[1]] if step.view is not None else table[step.slots]
@@ -102,12 +139,13 @@ class EngineHooks:
 
     def _before_layer(self, index: int):
         def hook(module, args, kwargs):
-            if self.on_prefill_layer is not None:
-                self.on_prefill_layer(index, args[0] if args else kwargs["hidden_states"])
+            if self._on_prefill_layer is not None:
+                self._on_prefill_layer(index, args[0] if args else kwargs["hidden_states"])
 
         return hook
 
     def remove(self) -> None:
+        self.on_prefill_layer = None
         for handle in self._handles:
             handle.remove()
 
