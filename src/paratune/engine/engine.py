@@ -27,6 +27,7 @@ from ..para.scaling import module_scales
 from .adapter_bank import AdapterBank, AdapterError, Ia3Adapter, LoraAdapter, ParaAdapter
 from .adapter_tables import LoraTables, ParaTables
 from .detokenize import engine_tokenizer, make_detokenizer
+from .fast_decode import FastDecode
 from .hooks import EngineHooks, StepRows
 from .kv_cache import ATTENTION_NAME, SlotKVCache, StepPlan, decode_mask
 from .request import Request, SamplingParams
@@ -41,7 +42,7 @@ class NoFreeSlot(RuntimeError):
 
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
-                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096):
+                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096, fast_decode: bool = True):
         """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
         are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
         ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
@@ -65,6 +66,9 @@ class Engine:
         self.hooks = EngineHooks(model, max_batch, self.lora)
         self.cache = SlotKVCache(_kv_shapes(model), max_batch, self.max_seq_len, self.dtype, self.device)
         _use_slot_attention(model, self.cache)
+        # Llama-family models decode through a hand-written step (no module machinery, no hooks); others, and
+        # any step it does not cover, through the transformers forward.
+        self.fast_decode = FastDecode.build(model, self.hooks, self.cache) if fast_decode else None
         self.kv_cache_bytes = self.cache.bytes
         self.waiting: collections.deque[Request] = collections.deque()
         self.rows: dict[int, Request] = {}  # KV slot -> running request
@@ -296,8 +300,13 @@ class Engine:
         mask = decode_mask(self._positions[lo:hi] + 1, longest, self.dtype)
         self.hooks.step = layout.step
         try:
-            logits = self.model(input_ids=tokens[:, None], position_ids=positions[:, None], attention_mask=mask,
-                                past_key_values=self.cache, use_cache=True).logits[:, -1]
+            logits = None
+            if self.fast_decode is not None:
+                logits = self.fast_decode(tokens, positions, mask, layout.step)
+                self.stats["fast_decode_steps"] += logits is not None
+            if logits is None:
+                logits = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
+                                    attention_mask=mask, past_key_values=self.cache, use_cache=True).logits[:, -1]
         finally:
             self.hooks.step = None
         new = self._record(rows, *self.sampler(logits))

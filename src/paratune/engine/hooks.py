@@ -42,6 +42,7 @@ class EngineHooks:
         self.lora = lora
         self.dtype = next(model.parameters()).dtype
         self.deltas: dict[tuple[int, str], torch.Tensor] = {}  # (layer, module path) -> (slots, features)
+        self.sides: dict[tuple[int, str], str] = {}  # (layer, module path) -> "output" | "input"
         self.users: collections.Counter = collections.Counter()  # (layer, module path) -> running rows scaled
         self.step: StepRows | None = None
         self._on_prefill_layer: Callable[[int, torch.Tensor], None] | None = None
@@ -84,6 +85,7 @@ class EngineHooks:
         module = self.layers[layer].get_submodule(site.module)
         features = site.features or module_features(module, site.side)
         self.deltas[key] = torch.zeros(self.num_slots, features, dtype=self.dtype, device=self._device())
+        self.sides[key] = site.side
         if site.side == "output":
             self._handles.append(module.register_forward_hook(lambda m, a, out: self._scale(key, out)))
         else:
@@ -124,10 +126,7 @@ class EngineHooks:
                 return output
             x, a, b, scaling = args[0], self.lora.a[path], self.lora.b[path], self.lora.scaling
             if self.step.kind == "decode":
-                index, slots = rows
-                xa = torch.bmm(x[index].to(a.dtype), a[slots].transpose(1, 2))  # (n, 1, r)
-                delta = torch.bmm(xa, b[slots].transpose(1, 2)) * scaling[slots][:, None, None]
-                return output.index_add(0, index, delta.to(output.dtype))
+                return lora_decode_delta(self.lora, path, x, output, rows)
             output = output.clone()
             for start, end, slot in rows:  # prefill: one matmul pair per prompt (punica's segmented LoRA)
                 segment = x[:, start:end].to(a.dtype)
@@ -148,6 +147,16 @@ class EngineHooks:
         self.on_prefill_layer = None
         for handle in self._handles:
             handle.remove()
+
+
+def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows) -> torch.Tensor:
+    """``output`` plus LoRA's B A x * scaling for the decode rows that have LoRA on module ``path``: ``rows`` =
+    (row indices, table slots); one bmm pair over those rows only."""
+    index, slots = rows
+    a, b = lora.a[path], lora.b[path]
+    xa = torch.bmm(x[index].to(a.dtype), a[slots].transpose(1, 2))  # (n, 1, r)
+    delta = torch.bmm(xa, b[slots].transpose(1, 2)) * lora.scaling[slots][:, None, None]
+    return output.index_add(0, index, delta.to(output.dtype))
 
 
 def _scale_segments(x: torch.Tensor, table: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
