@@ -206,3 +206,20 @@ def test_bad_flags_are_refused_before_any_training(argv, words, tmp_path, capsys
 def test_report_only_without_runs_says_so(tmp_path, capsys):
     assert main(["bench", "quality", "--report-only", "--output", str(tmp_path)]) == 2
     assert f"no finished runs in {tmp_path}/runs.jsonl at scale 1.0" in capsys.readouterr().err
+
+
+def test_a_killed_runs_incomplete_last_line_is_dropped_and_a_corrupt_middle_line_refused(tmp_path, capsys):
+    from paratune.bench.quality.protocol import Store, load_records
+
+    cfg = QualityConfig(output=str(tmp_path))
+    good = {"kind": "train", "task": "sst2", "method": "para", "lr": "1e-3", "seed": 0, "scale": 1.0}
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"kind": "score", "task": "ss')
+    assert load_records(cfg) == [good]
+    assert "ignoring an incomplete last line" in capsys.readouterr().err
+    store = Store(cfg)
+    store.add({**good, "seed": 1})
+    assert [r["seed"] for r in load_records(cfg)] == [0, 1]  # the partial line is gone, the new one intact
+    path.write_text("not json\n" + json.dumps(good) + "\n")
+    with pytest.raises(ValueError, match="runs.jsonl:1: not a JSON record"):
+        load_records(cfg)

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +103,19 @@ def load_records(cfg: QualityConfig) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            if record.get("scale") == cfg.scale:
-                records.append(record)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line a killed run was writing: that step simply runs again
+                print(f"[quality] {path}:{number}: ignoring an incomplete last line", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON record; fix or remove that line") from None
+        if record.get("scale") == cfg.scale:
+            records.append(record)
     return records
 
 
@@ -124,6 +133,12 @@ class Store:
     def __init__(self, cfg: QualityConfig):
         self.cfg = cfg
         self.records = {_record_key(r): r for r in load_records(cfg)}
+        path = runs_path(cfg)
+        if path.is_file():  # cut a killed run's incomplete last line, so the next record starts a line
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(path, "r+b") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
 
     def get(self, *key) -> dict | None:
         return self.records.get(_key(*key))
