@@ -184,7 +184,7 @@ def test_protocol_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     assert "## PARA ablations" in report and "sst2/para-gelu" in report
     para = [r["acc"] for r in scores if r["task"] == "sst2" and r["method"] == "para" and r["split"] == "test:sst2"]
     row = next(line for line in report.splitlines() if line.startswith("| sst2 (acc) |"))
-    assert f"{100 * np.mean(para):.1f} ± {100 * np.std(para, ddof=1):.1f}" in row
+    assert f"{100 * np.mean(para):.1f} ± {100 * np.std(para, ddof=1):.1f} ({100 * para[0]:.1f}, {100 * para[1]:.1f})" in row
     data = json.loads((tmp_path / "quality.json").read_text())
     assert data["chosen_lr"]["sst2/para"] == lr_key(protocol.chosen_lr("sst2", "para"))
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"

@@ -109,8 +109,9 @@ def _cell(runs: list[dict] | None, metric: str, seeds: int) -> str:
     values = [100 * r[metric] for r in runs]
     mean = statistics.mean(values)
     spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    partial = "" if len(values) >= seeds else f" ({len(values)}/{seeds} seeds)"
-    return f"{mean:.1f}{spread}{partial}"
+    each = f" ({', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else ""
+    partial = "" if len(values) >= seeds else f" [{len(values)}/{seeds} seeds]"
+    return f"{mean:.1f}{spread}{each}{partial}"
 
 
 def markdown(data: dict, command: str) -> str:
@@ -136,15 +137,16 @@ def markdown(data: dict, command: str) -> str:
     for setting in ("single", "multitask"):
         if setting == "multitask" and not cfg["multitask"]:
             continue
-        title = ("## Test scores, one adapter per task (mean ± sd over seeds, x100)" if setting == "single" else
+        title = ("## Test scores, one adapter per task (mean ± sd over seeds, then each seed; x100)" if setting == "single" else
                  "## Test scores, one adapter per method on the union of the tasks (x100)")
-        lines += [title, "", "| task | base (0-shot) | " + " | ".join(methods) + " |",
-                  "|---|---|" + "---|" * len(methods)]
+        cols = methods if setting == "single" else [m for m in methods if m in cfg["multitask_methods"]]
+        lines += [title, "", "| task | base (0-shot) | " + " | ".join(cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
         for t in tasks:
             group = t if setting == "single" else MULTITASK
             base = data["base"].get(t)
             row = [f"{100 * base:.1f}" if base is not None else "-"]
-            for m in methods:
+            for m in cols:
                 seeds = 1 if m in cfg["reference_methods"] else cfg["seeds"]
                 row.append(_cell(data["test"].get(f"{group}/{m}", {}).get(t), MAIN_METRIC[t], seeds))
             lines.append(f"| {t} ({MAIN_METRIC[t]}) | " + " | ".join(row) + " |")
