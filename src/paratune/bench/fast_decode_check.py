@@ -4,13 +4,13 @@ of the model).
 
     python -m paratune.bench.fast_decode_check 1,8,32
 """
-import sys, time, statistics, tempfile
+import sys, statistics, tempfile
 from pathlib import Path
 import torch
 torch.set_num_threads(2)
 from paratune.models import load_backbone
-from paratune.engine import Engine, Request, SamplingParams
-from paratune.bench.profile_step import write_adapters
+from paratune.engine import Engine
+from paratune.bench.profile_step import decode_seconds_per_step, write_adapters
 STEPS = 24
 b = load_backbone(); m = b.model.eval()
 batches = [int(x) for x in sys.argv[1].split(",")]
@@ -23,17 +23,7 @@ with tempfile.TemporaryDirectory() as tmp:
             e.add_adapter(f"t{i}", p)
 g = torch.Generator().manual_seed(0)
 def rnd(engine, n, kind):
-    for i in range(n):
-        engine.add_request(Request(torch.randint(100, 40000, (64,), generator=g).tolist(), adapter=None if kind == "base" else f"t{i}",
-                                   params=SamplingParams(max_tokens=STEPS + 4, ignore_eos=True)))
-    engine.step(); engine.step()
-    t = time.perf_counter()
-    for _ in range(STEPS):
-        engine.step()
-    dt = (time.perf_counter() - t) / STEPS
-    while engine.has_work():
-        engine.step()
-    return n / dt
+    return n / decode_seconds_per_step(engine, [None if kind == "base" else f"t{i}" for i in range(n)], STEPS, g)
 for n in batches:
     for kind in ("base", "para"):
         res = {True: [], False: []}

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 torch.set_num_threads(2)
 from paratune.models import load_backbone
-from paratune.engine import Engine, Request, SamplingParams
+from paratune.engine import Engine
+from paratune.bench.profile_step import decode_seconds_per_step
 
 B = int(sys.argv[1]); STEPS = 24
 b = load_backbone(); m = b.model.eval(); cfg = m.config
@@ -43,17 +44,7 @@ def hand_step(tok, p):
 engine = Engine(m, b.tokenizer, max_batch=B, max_seq_len=S)
 g = torch.Generator().manual_seed(0)
 def engine_round():
-    for _ in range(B):
-        engine.add_request(Request(torch.randint(100, 40000, (64,), generator=g).tolist(),
-                                   params=SamplingParams(max_tokens=STEPS + 4, ignore_eos=True)))
-    engine.step(); engine.step()  # prefill + first decode
-    t = time.perf_counter()
-    for _ in range(STEPS):
-        engine.step()
-    dt = (time.perf_counter() - t) / STEPS
-    while engine.has_work():
-        engine.step()
-    return dt
+    return decode_seconds_per_step(engine, [None] * B, STEPS, g)
 def hand_round():
     tok = torch.randint(100, 40000, (B, 1))
     hand_step(tok, 64)

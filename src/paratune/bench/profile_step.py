@@ -38,6 +38,24 @@ def write_adapters(kind: str, n: int, root: Path) -> list[Path]:
     return paths
 
 
+def decode_seconds_per_step(engine: Engine, adapters: list[str | None], steps: int, generator: torch.Generator,
+                            prompt_len: int = 64) -> float:
+    """One round: a request per entry of ``adapters`` (random prompts), prefill and one decode step untimed,
+    then the mean wall time of ``steps`` decode steps; the round is drained before returning."""
+    for adapter in adapters:
+        engine.add_request(Request(torch.randint(100, 40000, (prompt_len,), generator=generator).tolist(),
+                                   adapter=adapter, params=SamplingParams(max_tokens=steps + 4, ignore_eos=True)))
+    engine.step()
+    engine.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    seconds = (time.perf_counter() - start) / steps
+    while engine.has_work():
+        engine.step()
+    return seconds
+
+
 def profile(kind: str, batch: int, steps: int, prompt_len: int = 64) -> tuple[float, str]:
     backbone = load_backbone()
     model = backbone.model
