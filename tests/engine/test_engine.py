@@ -137,6 +137,8 @@ def test_adapter_errors(tmp_path):
 @pytest.mark.parametrize("dtype, attention, tolerance", [(torch.float32, "eager", 1e-5),
                                                          (torch.bfloat16, "sdpa", 1e-2)])
 def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, attention, tolerance):
+    from paratune.engine.packed_weights import packing_plan
+
     """Llama-family models decode through engine/fast_decode.py: with every kind of row mixed in one batch
     (base, PARA, LoRA, (IA)^3, joining mid-flight), outputs are token-exact and every step's chosen-token
     log-probability equals the transformers forward's (1e-5 in fp32 eager, 1e-2 in bf16 SDPA); other
@@ -161,6 +163,10 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
         assert fast_engine.fast_decode is None and fast_engine.stats["fast_decode_steps"] == 0
     else:
         assert fast_engine.stats["fast_decode_steps"] == fast_engine.stats["decode_steps"] > 0
+        # the oneDNN-prepacked weights are in use (fp32: the LM head; bf16: every matrix) where oneDNN exists
+        expected = packing_plan(dtype, torch.device("cpu"))
+        assert fast_engine.fast_decode.packing == expected
+        assert ("lm_head" in fast_engine.fast_decode.packed) == (expected is not None)
     for a, b in zip(fast, slow):
         assert a.output_ids == b.output_ids, a.adapter
         assert a.logprobs == pytest.approx(b.logprobs, abs=tolerance)

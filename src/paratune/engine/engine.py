@@ -42,12 +42,14 @@ class NoFreeSlot(RuntimeError):
 
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
-                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096, fast_decode: bool = True):
+                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096, fast_decode: bool = True,
+                 packed_weights: bool = True):
         """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
         are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
         ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
         ``max_prefill_tokens`` caps the prompt tokens prefilled in one step (a longer prompt runs alone), so a
-        burst of long prompts does not stall the running streams for long."""
+        burst of long prompts does not stall the running streams for long. ``packed_weights``: the decode step
+        uses oneDNN-prepacked weights where they pay on this device and dtype (``engine/packed_weights.py``)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         config = model.config.get_text_config()
@@ -68,7 +70,7 @@ class Engine:
         _use_slot_attention(model, self.cache)
         # Llama-family models decode through a hand-written step (no module machinery, no hooks); others, and
         # any step it does not cover, through the transformers forward.
-        self.fast_decode = FastDecode.build(model, self.hooks, self.cache) if fast_decode else None
+        self.fast_decode = FastDecode.build(model, self.hooks, self.cache, packed=packed_weights) if fast_decode else None
         self.kv_cache_bytes = self.cache.bytes
         self.waiting: collections.deque[Request] = collections.deque()
         self.rows: dict[int, Request] = {}  # KV slot -> running request

@@ -8,8 +8,9 @@ attention implementation through ``slot_attention``, and PARA / (IA)^3 deltas an
 the step's ``StepRows`` (the same math as the hooks, no Python hook per projection).
 
 Every module it calls is the model's own (embedding, RMSNorms, rotary embedding, activation, head) or the
-weights of its Linears through ``F.linear``, in the order transformers runs them, so its logits equal the
-transformers forward (tested to 1e-5, and greedy outputs token-exact). Anything it does not know (another
+weights of its Linears (through ``F.linear``, or oneDNN-prepacked copies where they pay: ``packed_weights``), in
+the order transformers runs them, so its logits equal the transformers forward (tested to 1e-5, and greedy
+outputs token-exact). Anything it does not know (another
 architecture, a scaled site or LoRA module outside q/k/v/o/gate/up/down, accelerate hooks) makes
 ``FastDecode.build`` return None or a step return None, and the engine runs the transformers forward instead.
 """
@@ -19,12 +20,12 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..para.arch import decoder_layers
 from .hooks import EngineHooks, StepRows, lora_decode_delta
 from .kv_cache import SlotKVCache, slot_attention
+from .packed_weights import PackedWeights, packing_plan
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -32,7 +33,7 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 
 
 class FastDecode:
-    def __init__(self, model: nn.Module, hooks: EngineHooks, cache: SlotKVCache):
+    def __init__(self, model: nn.Module, hooks: EngineHooks, cache: SlotKVCache, packed: bool = True):
         self.model, self.hooks, self.cache = model, hooks, cache
         prefix, self.layers = decoder_layers(model)
         base = model.get_submodule(prefix.rsplit(".", 1)[0]) if "." in prefix else model
@@ -42,10 +43,17 @@ class FastDecode:
         self.paths = {(i, name): f"{prefix}.{i}.{name}" for i in range(len(self.layers)) for name in PROJECTIONS}
         self.known_lora = set(self.paths.values())
         self.head_dim = self.layers[0].self_attn.head_dim
+        weight = model.lm_head.weight
+        self.packing = packing_plan(weight.dtype, weight.device) if packed else None
+        self.packed = PackedWeights.build(
+            {(i, name): layer.get_submodule(name) for i, layer in enumerate(self.layers) for name in PROJECTIONS},
+            model.lm_head, self.packing)
 
     @classmethod
-    def build(cls, model: nn.Module, hooks: EngineHooks, cache: SlotKVCache) -> "FastDecode | None":
-        """The fast step for ``model``, or None when it is not a plain Llama-family decoder."""
+    def build(cls, model: nn.Module, hooks: EngineHooks, cache: SlotKVCache,
+              packed: bool = True) -> "FastDecode | None":
+        """The fast step for ``model``, or None when it is not a plain Llama-family decoder. ``packed``: use
+        oneDNN-prepacked weights where they pay on this device and dtype (``packed_weights``)."""
         config = model.config
         if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
             return None
@@ -54,13 +62,13 @@ class FastDecode:
         if any(hasattr(m, "_hf_hook") for m in model.modules()):  # accelerate offloading / device hooks
             return None
         try:
-            fast = cls(model, hooks, cache)
+            for layer in decoder_layers(model)[1]:
+                names = {n for n, _ in layer.named_modules()}
+                if not set(PROJECTIONS) <= names or {"self_attn.q_norm", "self_attn.k_norm"} & names:
+                    return None
+            fast = cls(model, hooks, cache, packed=packed)
         except (AttributeError, ValueError):
             return None
-        for layer in fast.layers:
-            names = {n for n, _ in layer.named_modules()}
-            if not set(PROJECTIONS) <= names or {"self_attn.q_norm", "self_attn.k_norm"} & names:
-                return None
         return fast
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
@@ -89,7 +97,7 @@ class FastDecode:
             gate = self._linear(i, "mlp.gate_proj", mlp.gate_proj, h, views, lora)
             up = self._linear(i, "mlp.up_proj", mlp.up_proj, h, views, lora)
             x = x + self._linear(i, "mlp.down_proj", mlp.down_proj, mlp.act_fn(gate) * up, views, lora)
-        return self.lm_head(self.norm(x))[:, -1]
+        return self.packed.linear("lm_head", self.lm_head, self.norm(x)[:, -1])
 
     def _linear(self, index: int, name: str, module: nn.Linear, x: torch.Tensor, views: dict, lora: dict):
         key = (index, name)
@@ -97,7 +105,7 @@ class FastDecode:
         side = self.hooks.sides.get(key)
         if delta is not None and side == "input":  # (IA)^3 / PARA "down": scales the projection's input
             x = x.addcmul_(x, delta.view(x.shape).to(x.dtype))
-        out = F.linear(x, module.weight, module.bias)
+        out = self.packed.linear(key, module, x)
         rows = lora.get(self.paths[key]) if lora else None
         if rows is not None:
             out = lora_decode_delta(self.hooks.lora, self.paths[key], x, out, rows)
