@@ -237,7 +237,9 @@ def test_paratune_server_command(tmp_path):
     cmd = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig())
     assert cmd[:4] == [sys.executable, "-m", "paratune.cli", "serve"]
     assert cmd[cmd.index("--adapter-dir") + 1] == str(tmp_path) and cmd[cmd.index("--port") + 1] == "1234"
-    assert cmd[cmd.index("--max-concurrent") + 1] == "64"
+    assert cmd[cmd.index("--max-concurrent") + 1] == "64" and cmd[cmd.index("--dtype") + 1] == "float32"
+    bf16 = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig(dtype="bfloat16"))
+    assert bf16[bf16.index("--dtype") + 1] == "bfloat16"
 
 
 def test_parse_batched_bench():
@@ -263,6 +265,11 @@ def test_llama_cpp_command_lines(tmp_path):
     assert b[b.index("--target") + 1:] == ["llama-batched-bench", "llama-server", "llama-quantize"]
     q = llama_cpp.quantize_command(Path("/b/llama-quantize"), Path("in.gguf"), Path("out.gguf"))
     assert q == ["/b/llama-quantize", "--allow-requantize", "in.gguf", "out.gguf", "F32"]
+    q = llama_cpp.quantize_command(Path("/b/llama-quantize"), Path("in.gguf"), Path("out.gguf"),
+                                   llama_cpp.GGUF_TYPES["bfloat16"])
+    assert q[-1] == "BF16" and llama_cpp.GGUF_TYPES == {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+    with pytest.raises(ValueError, match="no llama.cpp tensor type for dtype 'int8'; accepted: float32, bfloat16, float16"):
+        llama_cpp.base_gguf(None, "int8")
     conv = llama_cpp.lora_convert_command(Path("/s/convert_lora_to_gguf.py"), Path("/a/lora0"), Path("/m"),
                                           Path("/o/l.gguf"))
     assert conv[:3] == [sys.executable, "/s/convert_lora_to_gguf.py", "/a/lora0"]

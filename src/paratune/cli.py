@@ -172,7 +172,9 @@ BENCH_SERVE_HELP = {
     "prefill_batch": "prompts of the prefill-overhead check",
     "peft_reference": "also time PEFT's mixed-batch LoRA generate (decode only)",
     "engine_model": "backbone of the decode-only engine run (random Llama shapes only with --systems engine)",
-    "device": "device of the decode-only engine run", "dtype": "dtype of the decode-only engine run",
+    "device": "device of the decode-only engine run",
+    "dtype": "float32, bfloat16 or float16: every paratune run, and llama.cpp's base GGUF in the same precision "
+             "(F32, BF16, F16)",
     "llama_cpp_version": "llama-cpp-python sdist whose vendored llama.cpp is built and cached (empty: the pinned "
                          "version, bench/llama_cpp.py LLAMA_CPP_PYTHON_VERSION)",
     "output": "folder for serve.md / serve.json / serve.png",

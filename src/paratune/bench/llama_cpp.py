@@ -64,8 +64,12 @@ def build_command(build: Path, jobs: int = 2, targets=TARGETS) -> list[str]:
     return ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *targets]
 
 
-def quantize_command(quantize: Path, src_gguf: Path, out_gguf: Path) -> list[str]:
-    return [str(quantize), "--allow-requantize", str(src_gguf), str(out_gguf), "F32"]
+# paratune's dtype -> the llama.cpp tensor type of the same precision (llama-quantize's name for it)
+GGUF_TYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def quantize_command(quantize: Path, src_gguf: Path, out_gguf: Path, gguf_type: str = "F32") -> list[str]:
+    return [str(quantize), "--allow-requantize", str(src_gguf), str(out_gguf), gguf_type]
 
 
 def lora_convert_command(script: Path, adapter_dir: Path, base_dir: Path, out_gguf: Path) -> list[str]:
@@ -220,14 +224,18 @@ def _atomic_output(out: Path):
     return tmp
 
 
-def f32_gguf(llama: LlamaCpp, log=print) -> Path:
-    """The shipped Q4_1 weights requantised to F32 (cached next to the build)."""
-    out = llama.root / "models" / "smollm2-135m-instruct-f32.gguf"
+def base_gguf(llama: LlamaCpp, dtype: str = "float32", log=print) -> Path:
+    """The shipped Q4_1 weights requantised to ``dtype``'s tensor type (F32, BF16, F16; cached next to the build):
+    the same dequantised weights paratune loads, rounded to the same precision."""
+    if dtype not in GGUF_TYPES:
+        raise ValueError(f"no llama.cpp tensor type for dtype {dtype!r}; accepted: {', '.join(GGUF_TYPES)}")
+    gguf_type = GGUF_TYPES[dtype]
+    out = llama.root / "models" / f"smollm2-135m-instruct-{gguf_type.lower()}.gguf"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic_output(out)
-    cmd = quantize_command(llama.binary("llama-quantize"), shipped_gguf(), tmp)
+    cmd = quantize_command(llama.binary("llama-quantize"), shipped_gguf(), tmp, gguf_type)
     log("$ " + " ".join(cmd))
     subprocess.run(cmd, check=True, capture_output=True)
     os.replace(tmp, out)

@@ -5,7 +5,8 @@ Systems (``--systems``):
 - ``engine``: decode-only throughput inside our engine (``Engine.generate``; decode tokens / decode seconds
   from ``engine.stats``), plus the PARA generator's prefill overhead at long prompts and, optionally, PEFT's
   own mixed-batch LoRA ``generate`` as a reference;
-- ``llama-batched-bench``: llama.cpp's decode-only counterpart on the same F32 weights (``S_TG``);
+- ``llama-batched-bench``: llama.cpp's decode-only counterpart on the same weights in the same precision
+  (``--dtype``: F32, BF16 or F16 GGUF; ``S_TG``);
 - ``paratune``: end to end through ``paratune serve`` started as a subprocess, loaded by the HTTP load
   generator (``http_load``): closed loop at each concurrency N, and Poisson arrivals;
 - ``llama-server``: the same HTTP workloads on llama.cpp's server, base and with one distinct LoRA per
@@ -218,7 +219,8 @@ def paratune_server_command(adapter_dir: Path, port: int, max_concurrent: int, c
     budget = max(65536, max_concurrent * (cfg.prompt_len + cfg.new_tokens + 64) * 2)
     return [sys.executable, "-m", "paratune.cli", "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
             "--max-concurrent", str(max_concurrent), "--queue-size", "100000",
-            "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget)]
+            "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget),
+            "--dtype", cfg.dtype]
 
 
 @contextlib.contextmanager
@@ -289,10 +291,10 @@ class Bench:
                 if kind in cfg.kinds:
                     self.adapters[kind] = write_adapters(self.model, kind, n, self.adapter_dir)
         if {"llama-batched-bench", "llama-server"} & set(cfg.systems):
-            from .llama_cpp import ensure_built, f32_gguf
+            from .llama_cpp import base_gguf, ensure_built
 
             self.llama = ensure_built(cfg.llama_cpp_version, log=self.log)
-            self.f32 = f32_gguf(self.llama, log=self.log)
+            self.gguf = base_gguf(self.llama, cfg.dtype, log=self.log)
             self.lora_ggufs = lora_ggufs(self.llama, self.adapters["lora"], self.log) \
                 if "lora" in cfg.kinds and "llama-server" in cfg.systems else []
 
@@ -416,7 +418,7 @@ class Bench:
     def run_batched_bench(self, repeat: int) -> None:
         from .llama_cpp import batched_bench_command
 
-        cmd = batched_bench_command(self.llama.binary("llama-batched-bench"), self.f32, self.cfg.prompt_len,
+        cmd = batched_bench_command(self.llama.binary("llama-batched-bench"), self.gguf, self.cfg.prompt_len,
                                     self.cfg.new_tokens, self.cfg.sorted_levels, self.cfg.threads)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -499,7 +501,7 @@ class Bench:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             served = loras if group == ["lora"] else []
-            cmd = server_command(self.llama.binary("llama-server"), self.f32, port, slots, ctx_per_slot, served,
+            cmd = server_command(self.llama.binary("llama-server"), self.gguf, port, slots, ctx_per_slot, served,
                                  cfg.threads)
             if served:
                 self.llama_server_command = " ".join(

@@ -13,6 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+from .llama_cpp import GGUF_TYPES
+
 SYSTEM_LABELS = {"engine": "paratune engine", "peft-generate": "PEFT generate", "llama-batched-bench": "llama-batched-bench",
                  "paratune": "paratune server", "llama-server": "llama-server"}
 KIND_ORDER = ("base", "para", "lora")
@@ -120,6 +122,8 @@ def markdown(summary: dict, meta: dict) -> str:
              f"load average at start {meta.get('machine', {}).get('loadavg_start', '?')}, at end "
              f"{meta.get('machine', {}).get('loadavg_end', '?')}.  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".", "",
+             f"Precision: {cfg.get('dtype', 'float32')} everywhere (paratune's weights and KV cache; llama.cpp's base "
+             f"GGUF {GGUF_TYPES.get(cfg.get('dtype', 'float32'), '?')}, requantised from the same shipped weights).  ",
              f"Each request: a {cfg.get('prompt_len', '?')}-token prompt (random words, distinct per request), "
              f"{cfg.get('new_tokens', '?')} new tokens, greedy, EOS ignored where the server allows it; at "
              "concurrency N, request i uses adapter i mod N (N distinct adapters: PARA r=16 or LoRA r=16 on q,v,up, "
