@@ -238,6 +238,8 @@ def test_paratune_server_command(tmp_path):
     assert cmd[:4] == [sys.executable, "-m", "paratune.cli", "serve"]
     assert cmd[cmd.index("--adapter-dir") + 1] == str(tmp_path) and cmd[cmd.index("--port") + 1] == "1234"
     assert cmd[cmd.index("--max-concurrent") + 1] == "64" and cmd[cmd.index("--dtype") + 1] == "float32"
+    # KV slots sized to the workload (64 x 608 tokens), not to the model's context
+    assert cmd[cmd.index("--max-seq-len") + 1] == str(512 + 32 + 64) == str(serve_bench.slot_tokens(serve_bench.BenchConfig()))
     bf16 = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig(dtype="bfloat16"))
     assert bf16[bf16.index("--dtype") + 1] == "bfloat16"
 

@@ -215,12 +215,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def slot_tokens(cfg: BenchConfig) -> int:
+    """Tokens per KV slot, for our engine and server: the longest prompt (the workload's or the prefill check's)
+    + the new tokens + 64 (llama-server's per-slot context is prompt + new + 64 too)."""
+    return max(cfg.prompt_len, cfg.prefill_len) + cfg.new_tokens + 64
+
+
 def paratune_server_command(adapter_dir: Path, port: int, max_concurrent: int, cfg: BenchConfig) -> list[str]:
     budget = max(65536, max_concurrent * (cfg.prompt_len + cfg.new_tokens + 64) * 2)
     return [sys.executable, "-m", "paratune.cli", "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
             "--max-concurrent", str(max_concurrent), "--queue-size", "100000",
             "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget),
-            "--dtype", cfg.dtype]
+            "--max-seq-len", str(slot_tokens(cfg)), "--dtype", cfg.dtype]
 
 
 @contextlib.contextmanager
@@ -328,7 +334,9 @@ class Bench:
             root.mkdir(exist_ok=True)
             adapters = {kind: write_adapters(model, kind, max(cfg.concurrency), root)
                         for kind in ("para", "lora") if kind in cfg.kinds}
-        self.engine = Engine(model, tokenizer, max_batch=max(cfg.concurrency))
+        # KV slots as long as the workload needs (the default, the model's context, would hold 64 x 2048 tokens:
+        # 5.6 GiB in fp32, beside the servers that run later in the same benchmark)
+        self.engine = Engine(model, tokenizer, max_batch=max(cfg.concurrency), max_seq_len=slot_tokens(cfg))
         self.engine_vocab = model.config.vocab_size
         self.engine_names = {"base": [None]}
         for kind, paths in adapters.items():
