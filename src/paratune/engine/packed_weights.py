@@ -3,12 +3,16 @@
 Why: ``F.linear`` on CPU goes to MKL's sgemm (fp32) or to oneDNN with a weight reorder on every call (bf16).
 At the few rows of a decode step both leave speed on the table; a weight reordered once into oneDNN's blocked
 layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU backend uses) does not. Measured on
-this 2-core Xeon (AMX), SmolLM2-135M shapes, microseconds per call (``python -m paratune.bench.packed_check``):
+this 2-core Xeon (AMX), SmolLM2-135M shapes (``python -m paratune.bench.packed_check``,
+docs/results/packed/packed_check.md):
 
-- fp32 LM head (49152 x 576): 8 rows 12.2 ms -> 5.1 ms, 32 rows 14.0 -> 10.7 ms, 1 row 3.4-4.1 -> 3.0 ms; the
-  decoder's own fp32 matrices gain nothing (1 row: 61 -> 212 us for 1536 x 576), so fp32 packs only the head;
-- bf16, every matrix: 576 x 1536 at 8 rows 95 -> 47 us, the head 2.4 -> 1.4 ms (the unpacked bf16 call pays
-  the reorder each time).
+- fp32 LM head (49152 x 576): 8 rows 13.7 -> 6.0 ms, 32 rows 13.8 -> 11.3 ms, 1 row 4.1 -> 3.6 ms; the decoder's
+  own fp32 matrices lose at 1 row (1.8-3.0x slower) and gain at most 17% at 32, so fp32 packs only the head;
+- bf16, every matrix, 0.45-0.84x the time at 1-32 rows (576 x 1536 at 8 rows 96 -> 48 us, the head 3.0 -> 1.4
+  ms at 8 rows): the unpacked bf16 call reorders the weight on every call.
+Decode steps of the engine, packed / unpacked tokens/s (``packed_check engine 1,8,32 float32`` / ``bfloat16``,
+two runs on a noisy host): fp32 0.96-1.00 at batch 1, 1.10-1.18 at 8, 0.99-1.05 at 32; bf16 1.22-1.33 at 1,
+1.10-1.22 at 8, 1.01-1.14 at 32.
 
 Packed results equal ``F.linear`` up to summation order: identical in bf16 here, ~1e-5 relative in fp32 (tested).
 The copies cost memory (the head: vocab x hidden; bf16 "all": the decoder's weights once more), and they are
