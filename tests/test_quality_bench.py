@@ -9,7 +9,7 @@ import pytest
 
 from paratune.bench.quality import Protocol, QualityConfig, protocol as protocol_module, run
 from paratune.bench.quality.data import MC_TASKS, build_splits
-from paratune.bench.quality.methods import lr_key, settings
+from paratune.bench.quality.methods import lr_grid, lr_key, settings
 from paratune.bench.quality.stats import paired_bootstrap, seed_mean
 from paratune.cli import main
 from paratune.evaluation.data import data_root
@@ -108,6 +108,9 @@ def test_method_settings_and_budgets():
     assert settings("lora") == {"method": "lora", "r": 24, "targets": ["q_proj", "v_proj"]}
     assert settings("para-gelu") == {"method": "para", "r": 16, "activation": "gelu"}
     assert settings("para-all7-r7")["r"] == 7 and len(settings("para-all7-r7")["targets"]) == 7
+    # a variant is PARA with its settings changed, on PARA's grid
+    assert settings("para-all7") == {**settings("para"), "r": 7, "targets": ["q", "k", "v", "o", "gate", "up", "down"]}
+    assert lr_grid("para-all7") == lr_grid("para") == (3e-4, 1e-3, 3e-3)
     assert [lr_key(x) for x in (3e-4, 1e-3, 3e-3, 9e-3, 1e-2)] == ["3e-4", "1e-3", "3e-3", "9e-3", "1e-2"]
     with pytest.raises(ValueError, match="unknown method 'dora'"):
         settings("dora")
@@ -143,16 +146,21 @@ def test_matched_budgets_on_the_smollm2_shape():
 def test_protocol_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     cfg = QualityConfig(tasks=["sst2", "squad"], methods=["para", "prompt-tuning"],
                         reference_methods=["prompt-tuning"], multitask_methods=["para"], ablations=["para-gelu"],
-                        ablation_tasks=["sst2"], seeds=2, scale=0.02, max_length=400,
+                        ablation_tasks=["sst2"], variants=["para-all7"], variant_tasks=["squad"], seeds=2,
+                        scale=0.02, max_length=400,
                         model=str(tiny_folder / "model"), output=str(tmp_path))
     run(cfg, "first", log=lambda *_: None)
     records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     trains = [r for r in records if r["kind"] == "train"]
     scores = [r for r in records if r["kind"] == "score"]
     protocol = Protocol(cfg, log=lambda *_: None)
-    for task, method in [("sst2", "para"), ("squad", "para"), ("multitask", "para"), ("sst2", "prompt-tuning")]:
+    # the variant runs right after the main methods, as a method of its own
+    assert protocol.groups()[:4] == [("sst2", "para", False), ("squad", "para", False),
+                                     ("squad", "para-all7", False), ("multitask", "para", False)]
+    for task, method in [("sst2", "para"), ("squad", "para"), ("multitask", "para"), ("sst2", "prompt-tuning"),
+                         ("squad", "para-all7")]:
         grid = {r["lr"] for r in trains if r["task"] == task and r["method"] == method and r["seed"] == 0}
-        assert {"3e-4", "1e-3", "3e-3"} <= grid if method == "para" else {"3e-3", "1e-2", "3e-2"} <= grid
+        assert {"3e-4", "1e-3", "3e-3"} <= grid if method != "prompt-tuning" else {"3e-3", "1e-2", "3e-2"} <= grid
         chosen = lr_key(protocol.chosen_lr(task, method))
         # validation scores for every grid rate; test scores only at the chosen rate, for every seed
         tested = {(r["lr"], r["seed"]) for r in scores if r["task"] == task and r["method"] == method
@@ -182,6 +190,9 @@ def test_protocol_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     report = (tmp_path / "quality.md").read_text()
     assert "## Test scores, one adapter per task" in report and "## Learning-rate selection" in report
     assert "## PARA ablations" in report and "sst2/para-gelu" in report
+    assert "## PARA's element-wise variants" in report and "| squad/para-all7 | targets=" in report
+    assert [r["settings"]["r"] for r in trains if r["method"] == "para-all7"] == [7] * len(
+        [r for r in trains if r["method"] == "para-all7"])
     para = [r["acc"] for r in scores if r["task"] == "sst2" and r["method"] == "para" and r["split"] == "test:sst2"]
     row = next(line for line in report.splitlines() if line.startswith("| sst2 (acc) |"))
     assert f"{100 * np.mean(para):.1f} ± {100 * np.std(para, ddof=1):.1f} ({100 * para[0]:.1f}, {100 * para[1]:.1f})" in row
@@ -194,6 +205,8 @@ def test_protocol_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     (["--tasks", "sst2", "nope"], "unknown task 'nope'"),
     (["--methods", "para", "dora"], "unknown method 'dora'"),
     (["--ablations", "para-fast"], "unknown ablation 'para-fast'"),
+    (["--variants", "para-x"], "unknown variant 'para-x'; choose from para-all7"),
+    (["--variant-tasks", "nope"], "unknown task 'nope'"),
     (["--scale", "0"], "scale must be in (0, 1], got 0.0"),
     (["--seeds", "0"], "seeds must be between 1 and 10, got 0"),
 ])

@@ -38,6 +38,13 @@ ABLATIONS: dict[str, dict] = {
     "para-r32": {"r": 32},  # twice the budget
 }
 
+# Element-wise variants of PARA (issue 10, item 6: where PARA trails LoRA, changes that keep decoding an
+# element-wise multiply), each run as a method of its own under the full protocol (its own rate grid on
+# validation, three seeds), on the tasks where PARA trailed; never tuned on test data.
+VARIANTS: dict[str, dict] = {
+    "para-all7": {"targets": PARA_ALL_SITES, "r": 7},  # every projection scaled, about PARA's budget (1,429,050)
+}
+
 _GRID_PARA_LORA = (3e-4, 1e-3, 3e-3)
 LR_GRIDS: dict[str, tuple[float, ...]] = {
     "para": _GRID_PARA_LORA,
@@ -55,12 +62,14 @@ def settings(name: str) -> dict:
         return dict(METHODS[name])
     if name in ABLATIONS:
         return {**METHODS["para"], **ABLATIONS[name]}
+    if name in VARIANTS:
+        return {**METHODS["para"], **VARIANTS[name]}
     raise ValueError(f"unknown method {name!r} for the quality benchmark; choose from "
-                     + ", ".join([*METHODS, *ABLATIONS]))
+                     + ", ".join([*METHODS, *ABLATIONS, *VARIANTS]))
 
 
 def lr_grid(name: str) -> tuple[float, ...]:
-    return LR_GRIDS["para" if name in ABLATIONS else name]
+    return LR_GRIDS["para" if name in ABLATIONS or name in VARIANTS else name]
 
 
 def lr_key(lr: float) -> str:

@@ -1,8 +1,9 @@
 """The fair quality protocol of ``paratune bench quality``: a learning rate per method and task chosen on
 validation data, then three seeds at that rate scored on the test split.
 
-For every (task, method) group, in priority order (PARA and LoRA first, then LoRA on all linear layers, then the
-(IA)^3 and prompt-tuning references, then PARA's ablations):
+For every (task, method) group, in priority order (PARA and LoRA first, then PARA's element-wise variants on the
+tasks where it trailed, the union adapters, LoRA on all linear layers, the (IA)^3 and prompt-tuning references,
+then PARA's ablations):
 
 1. **grid**: train seed 0 at each rate of the method's grid (``methods.LR_GRIDS``); score the validation split
    (carved from training data). The best rate by the task's main metric wins (ties: the smaller rate); when it is
@@ -12,7 +13,8 @@ For every (task, method) group, in priority order (PARA and LoRA first, then LoR
 
 "multitask" is one adapter trained on the union of every task's training records (the same records as the
 single-task adapters), validated by the mean main metric over the tasks' validation splits and tested on each
-task's test split. Ablations (one seed) take PARA's chosen rate on their task, so only the ablated setting differs.
+task's test split. Ablations (one seed) take PARA's chosen rate on their task, so only the ablated setting differs;
+variants are methods in their own right (grid, seeds, test), compared with PARA and LoRA by the paired bootstrap.
 
 Every training run and every scoring is one record appended to ``runs.jsonl`` in the output folder (flushed when
 it finishes), and trained adapters are kept in the paratune cache, so a stopped run resumes where it stopped and a
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from .data import MAIN_METRIC, TASKS, build_splits
-from .methods import ABLATIONS, GRID_STEP, METHODS, lr_grid, lr_key, settings
+from .methods import ABLATIONS, GRID_STEP, METHODS, VARIANTS, lr_grid, lr_key, settings
 
 MULTITASK = "multitask"
 SEEDS = (0, 1, 2)
@@ -53,6 +55,11 @@ class QualityConfig:
                                  metadata={"help": "PARA ablations: " + ", ".join(ABLATIONS) + " (none: empty)."})
     ablation_tasks: list[str] = field(default_factory=lambda: ["sst2", "arc-easy"],
                                       metadata={"help": "Tasks the ablations run on (one seed each)."})
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={
+        "help": "Element-wise PARA variants run as methods (own rate grid, all seeds) on --variant-tasks: "
+                + ", ".join(VARIANTS) + " (none: empty)."})
+    variant_tasks: list[str] = field(default_factory=lambda: ["squad"], metadata={
+        "help": "Tasks the variants run on (where PARA trailed LoRA)."})
     seeds: int = field(default=len(SEEDS), metadata={"help": "Seeds per method at its chosen rate."})
     reference_methods: list[str] = field(
         default_factory=lambda: ["ia3", "prompt-tuning"],
@@ -68,13 +75,16 @@ class QualityConfig:
     max_hours: Optional[float] = field(default=None, metadata={"help": "Stop (cleanly) after this many hours."})
 
     def __post_init__(self):
-        for name in ("tasks", "methods", "ablations", "ablation_tasks", "reference_methods", "multitask_methods"):
+        for name in ("tasks", "methods", "ablations", "ablation_tasks", "reference_methods", "multitask_methods",
+                     "variants", "variant_tasks"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [v.strip() for v in value.split(",") if v.strip()])
         if self.ablations in (["none"], ["-"]):
             self.ablations = []
-        for task in [*self.tasks, *self.ablation_tasks]:
+        if self.variants in (["none"], ["-"]):
+            self.variants = []
+        for task in [*self.tasks, *self.ablation_tasks, *self.variant_tasks]:
             if task not in TASKS:
                 raise ValueError(f"unknown task {task!r} for the quality benchmark; choose from {', '.join(TASKS)}")
         for method in [*self.methods, *self.reference_methods, *self.multitask_methods]:
@@ -83,6 +93,9 @@ class QualityConfig:
         for ablation in self.ablations:
             if ablation not in ABLATIONS:
                 raise ValueError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+        for variant in self.variants:
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         if not self.tasks or not self.methods:
             raise ValueError("give at least one task and one method")
         if not 1 <= self.seeds <= 10:
@@ -339,6 +352,8 @@ class Protocol:
         main = [m for m in ("para", "lora") if m in cfg.methods]
         rest = [m for m in cfg.methods if m not in main]
         order = [(t, m, False) for t in cfg.tasks for m in main]
+        order += [(t, v, False) for t in cfg.variant_tasks if t in cfg.tasks and "para" in cfg.methods
+                  for v in cfg.variants]
         order += [(MULTITASK, m, False) for m in main if multitask and m in cfg.multitask_methods]
         for m in rest:
             order += [(t, m, False) for t in cfg.tasks]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import MAIN_METRIC
-from .methods import ABLATIONS, lr_grid, lr_key
+from .methods import ABLATIONS, VARIANTS, lr_grid, lr_key
 from .protocol import MULTITASK, Protocol, QualityConfig, config_dict
 from .stats import paired_bootstrap, seed_mean
 
@@ -70,8 +70,18 @@ def collect(protocol: Protocol) -> dict:
                 row[f"{variant}:{split}"] = None if r is None else r[MAIN_METRIC[task]]
         row["params"] = params.get(name)
         ablations[f"{task}/{name}"] = row
+    variants = {}
+    for task in [t for t in cfg.variant_tasks if t in cfg.tasks]:
+        for name in cfg.variants:
+            row = {"params": params.get(name), "lr": chosen.get(f"{task}/{name}"), "vs": {}}
+            x = _per_item(test, task, name, task, cfg.seeds)
+            for other in ("para", "lora"):
+                y = _per_item(test, task, other, task, cfg.seeds)
+                if x is not None and y is not None:
+                    row["vs"][other] = paired_bootstrap({task: x}, {task: y})["tasks"][task]
+            variants[f"{task}/{name}"] = row
     return {"config": config_dict(cfg), "params": params, "grid": grid, "chosen_lr": chosen, "test": test,
-            "base": base, "ablations": ablations, "comparisons": _comparisons(test, cfg),
+            "base": base, "ablations": ablations, "variants": variants, "comparisons": _comparisons(test, cfg),
             "versions": _versions()}
 
 
@@ -176,6 +186,19 @@ def markdown(data: dict, command: str) -> str:
             parts.append(f"**{text}**" if lr == chosen else text)
         lines.append(f"| {key} | " + ", ".join(parts) + " |")
     lines.append("")
+    if data.get("variants"):
+        lines += ["## PARA's element-wise variants, full protocol (own rate on validation, all seeds; x100)", "",
+                  "| task / variant | setting | params | chosen lr | test | minus para, 95% CI | minus lora, 95% CI |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, row in data["variants"].items():
+            task, name = key.split("/")
+            setting = ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
+            cell = _cell(data["test"].get(key, {}).get(task), MAIN_METRIC[task], cfg["seeds"])
+            vs = [("-" if (r := row["vs"].get(o)) is None else
+                   f"{100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]") for o in ("para", "lora")]
+            lines.append(f"| {key} | {setting} | {row['params'] or '-'} | {row['lr'] or '-'} | {cell} | "
+                         + " | ".join(vs) + " |")
+        lines.append("")
     if data["ablations"]:
         lines += ["## PARA ablations (seed 0, at PARA's chosen rate; x100)", "",
                   "| task / variant | setting | params | val | test | test vs para |", "|---|---|---|---|---|---|"]
