@@ -163,10 +163,12 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
         assert fast_engine.fast_decode is None and fast_engine.stats["fast_decode_steps"] == 0
     else:
         assert fast_engine.stats["fast_decode_steps"] == fast_engine.stats["decode_steps"] > 0
-        # the oneDNN-prepacked weights are in use (fp32: the LM head; bf16: every matrix) where oneDNN exists
+        # the oneDNN-prepacked weights are in use (every matrix, q|k|v and gate|up fused) where oneDNN exists
         expected = packing_plan(dtype, torch.device("cpu"))
         assert fast_engine.fast_decode.packing == expected
-        assert ("lm_head" in fast_engine.fast_decode.packed) == (expected is not None)
+        packed = fast_engine.fast_decode.packed
+        assert all((key in packed) == (expected is not None) for key in ("lm_head", (0, "self_attn.qkv"),
+                                                                         (0, "mlp.gate_up"), (0, "mlp.down_proj")))
     for a, b in zip(fast, slow):
         assert a.output_ids == b.output_ids, a.adapter
         assert a.logprobs == pytest.approx(b.logprobs, abs=tolerance)

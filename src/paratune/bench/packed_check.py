@@ -2,8 +2,15 @@
 
     python -m paratune.bench.packed_check                        # kernels: SmolLM2-135M's matrix shapes at 1, 8,
                                                                  # 32 rows, fp32 and bf16, microseconds per call
+    python -m paratune.bench.packed_check stream                 # SmolLM2-135M's real weights, all 30 layers in
+                                                                 # decode order (weights streamed from memory, as
+                                                                 # in a decode step): ms per pass, F.linear vs
+                                                                 # packed vs packed with q|k|v, gate|up fused
     python -m paratune.bench.packed_check engine 1,8,32 bfloat16 # decode steps of the engine, packed vs unpacked
                                                                  # (two engines, interleaved rounds, base and PARA)
+
+The kernel table calls one matrix again and again from cache; a decode step reads every matrix once, from
+memory. Only the stream table and the engine A/B say what a decode step gets.
 """
 import sys
 import time
@@ -45,6 +52,50 @@ def main(rows=(1, 8, 32)) -> None:
                       f"{fast / plain:.2f} | {diff:.1e} |", flush=True)
 
 
+def stream(rows=(1, 8, 32), reps: int = 20) -> None:
+    from paratune.engine.fast_decode import GROUPS, PROJECTIONS
+    from paratune.engine.packed_weights import PackedWeights
+    from paratune.models import load_backbone
+
+    print("| dtype | rows | F.linear ms | packed ms | packed, fused ms | packed / F.linear | fused / F.linear |")
+    print("|---|---|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        layers = load_backbone().model.to(dtype).model.layers
+        separate = [[layer.get_submodule(name) for name in PROJECTIONS] for layer in layers]
+        members = {m for group in GROUPS.values() for m in group}
+        fused = [[layer.get_submodule(n) for n in PROJECTIONS if n not in members] for layer in layers]
+        ways = {
+            "plain": (PackedWeights({}), [[(None, m) for m in layer] for layer in separate]),
+            "packed": (PackedWeights({(i, j): (m.weight, m.bias) for i, layer in enumerate(separate)
+                                      for j, m in enumerate(layer)}),
+                       [[((i, j), m) for j, m in enumerate(layer)] for i, layer in enumerate(separate)]),
+        }
+        groups = {(i, g): [layer.get_submodule(m) for m in ms] for i, layer in enumerate(layers) for g, ms in GROUPS.items()}
+        fused_packed = PackedWeights.build({(i, n): m for i, layer in enumerate(fused) for n, m in
+                                            enumerate(layer)}, layers[0].mlp.up_proj, "all", groups)
+        calls = [[((i, n), m) for n, m in enumerate(layer)] + [((i, g), groups[(i, g)][0]) for g in GROUPS]
+                 for i, layer in enumerate(fused)]
+        ways["fused"] = (fused_packed, calls)
+        for m in rows:
+            inputs = {k: torch.randn(m, 1, k).to(dtype) for k in (576, 1536)}
+            result = {}
+            for way, (packed, plan) in ways.items():
+                def one_pass():
+                    for layer in plan:
+                        for key, module in layer:
+                            packed.linear(key, module, inputs[module.in_features])
+                one_pass()
+                times = []
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    one_pass()
+                    times.append(time.perf_counter() - start)
+                result[way] = sorted(times)[reps // 2] * 1e3
+            print(f"| {str(dtype).split('.')[1]} | {m} | {result['plain']:.1f} | {result['packed']:.1f} | "
+                  f"{result['fused']:.1f} | {result['packed'] / result['plain']:.2f} | "
+                  f"{result['fused'] / result['plain']:.2f} |", flush=True)
+
+
 def engine_ab(batches, dtype: torch.dtype, steps: int = 16) -> None:
     import statistics
     import tempfile
@@ -79,7 +130,9 @@ def engine_ab(batches, dtype: torch.dtype, steps: int = 16) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+    if len(sys.argv) > 1 and sys.argv[1] == "stream":
+        stream()
+    elif len(sys.argv) > 1 and sys.argv[1] == "engine":
         engine_ab([int(v) for v in sys.argv[2].split(",")], getattr(torch, sys.argv[3] if len(sys.argv) > 3 else "float32"))
     else:
         main(tuple(int(v) for v in sys.argv[1].split(",")) if len(sys.argv) > 1 else (1, 8, 32))

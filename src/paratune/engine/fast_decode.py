@@ -30,6 +30,9 @@ from .packed_weights import PackedWeights, packing_plan
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# Projections of the same input that a packed step runs as one matrix (one call, one weight stream).
+GROUPS = {"self_attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+          "mlp.gate_up": ("mlp.gate_proj", "mlp.up_proj")}
 
 
 class FastDecode:
@@ -47,7 +50,12 @@ class FastDecode:
         self.packing = packing_plan(weight.dtype, weight.device) if packed else None
         self.packed = PackedWeights.build(
             {(i, name): layer.get_submodule(name) for i, layer in enumerate(self.layers) for name in PROJECTIONS},
-            model.lm_head, self.packing)
+            model.lm_head, self.packing,
+            groups={(i, group): [layer.get_submodule(m) for m in members]
+                    for i, layer in enumerate(self.layers) for group, members in GROUPS.items()})
+        # output widths of each group's members, to split the group's output into views
+        self.widths = {group: [self.layers[0].get_submodule(m).out_features for m in members]
+                       for group, members in GROUPS.items()}
 
     @classmethod
     def build(cls, model: nn.Module, hooks: EngineHooks, cache: SlotKVCache,
@@ -83,9 +91,7 @@ class FastDecode:
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q = self._linear(i, "self_attn.q_proj", attn.q_proj, h, views, lora)
-            k = self._linear(i, "self_attn.k_proj", attn.k_proj, h, views, lora)
-            v = self._linear(i, "self_attn.v_proj", attn.v_proj, h, views, lora)
+            q, k, v = self._group(i, "self_attn.qkv", layer, h, views, lora)
             q = q.view(batch, 1, -1, self.head_dim).transpose(1, 2)
             k = k.view(batch, 1, -1, self.head_dim).transpose(1, 2)
             v = v.view(batch, 1, -1, self.head_dim).transpose(1, 2)
@@ -94,10 +100,28 @@ class FastDecode:
             out, _ = slot_attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)
             x = x + self._linear(i, "self_attn.o_proj", attn.o_proj, out.reshape(batch, 1, -1), views, lora)
             h = layer.post_attention_layernorm(x)
-            gate = self._linear(i, "mlp.gate_proj", mlp.gate_proj, h, views, lora)
-            up = self._linear(i, "mlp.up_proj", mlp.up_proj, h, views, lora)
+            gate, up = self._group(i, "mlp.gate_up", layer, h, views, lora)
             x = x + self._linear(i, "mlp.down_proj", mlp.down_proj, mlp.act_fn(gate) * up, views, lora)
         return self.packed.linear("lm_head", self.lm_head, self.norm(x)[:, -1])
+
+    def _group(self, index: int, group: str, layer: nn.Module, x: torch.Tensor, views: dict, lora: dict):
+        """The outputs of a group's projections of ``x``: one packed matrix, split into views that LoRA and the
+        output-side deltas then change in place; each projection on its own where the group is not packed or a
+        row scales a member's input ((IA)^3 on its input side: the members no longer share one input)."""
+        members = GROUPS[group]
+        if (index, group) not in self.packed or any(
+                (index, m) in views and self.hooks.sides.get((index, m)) == "input" for m in members):
+            return [self._linear(index, m, layer.get_submodule(m), x, views, lora) for m in members]
+        parts = self.packed.linear((index, group), None, x).split(self.widths[group], dim=-1)
+        for name, out in zip(members, parts):
+            key = (index, name)
+            rows = lora.get(self.paths[key]) if lora else None
+            if rows is not None:
+                lora_decode_delta(self.hooks.lora, self.paths[key], x, out, rows, inplace=True)
+            delta = views.get(key)
+            if delta is not None:
+                out.addcmul_(out, delta.view(out.shape).to(out.dtype))
+        return parts
 
     def _linear(self, index: int, name: str, module: nn.Linear, x: torch.Tensor, views: dict, lora: dict):
         key = (index, name)

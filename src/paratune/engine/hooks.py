@@ -149,13 +149,17 @@ class EngineHooks:
             handle.remove()
 
 
-def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows) -> torch.Tensor:
+def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows,
+                      inplace: bool = False) -> torch.Tensor:
     """``output`` plus LoRA's B A x * scaling for the decode rows that have LoRA on module ``path``: ``rows`` =
-    (row indices, table slots); one bmm pair over those rows only."""
+    (row indices, table slots); one bmm pair over those rows only. ``inplace``: added into ``output`` itself (a
+    view of a fused projection's output)."""
     index, slots = rows
     a, b = lora.a[path], lora.b[path]
     xa = torch.bmm(x[index].to(a.dtype), a[slots].transpose(1, 2))  # (n, 1, r)
     delta = torch.bmm(xa, b[slots].transpose(1, 2)) * lora.scaling[slots][:, None, None]
+    if inplace:
+        return output.index_add_(0, index, delta.to(output.dtype))
     return output.index_add(0, index, delta.to(output.dtype))
 
 

@@ -1,22 +1,24 @@
 """oneDNN-prepacked copies of the decode step's weights on CPU: which matrices, and the call that uses them.
 
 Why: ``F.linear`` on CPU goes to MKL's sgemm (fp32) or to oneDNN with a weight reorder on every call (bf16).
-At the few rows of a decode step both leave speed on the table; a weight reordered once into oneDNN's blocked
-layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU backend uses) does not. Measured on
-this 2-core Xeon (AMX), SmolLM2-135M shapes (``python -m paratune.bench.packed_check``,
-docs/results/packed/packed_check.md):
+At the few rows of a decode step both leave most of the memory bandwidth unused; a weight reordered once into
+oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU backend uses) does not.
+What counts is a decode step's access pattern, every matrix of every layer once per step, streamed from memory;
+a matrix called again and again from cache says the opposite for small fp32 matrices (``packed_check``'s kernel
+table: 1.8-3.0x slower at 1 row) and misled an earlier plan. Measured on this 2-core Xeon (AMX), SmolLM2-135M's
+30 layers in decode order (``python -m paratune.bench.packed_check stream``, docs/results/packed/packed_check.md),
+ms per pass over all layers, F.linear -> packed -> packed with q|k|v and gate|up fused into one matrix each:
 
-- fp32 LM head (49152 x 576): 8 rows 13.7 -> 6.0 ms, 32 rows 13.8 -> 11.3 ms, 1 row 4.1 -> 3.6 ms; the decoder's
-  own fp32 matrices lose at 1 row (1.8-3.0x slower) and gain at most 17% at 32, so fp32 packs only the head;
-- bf16, every matrix, 0.45-0.84x the time at 1-32 rows (576 x 1536 at 8 rows 96 -> 48 us, the head 3.0 -> 1.4
-  ms at 8 rows): the unpacked bf16 call reorders the weight on every call.
-Decode steps of the engine, packed / unpacked tokens/s (``packed_check engine 1,8,32 float32`` / ``bfloat16``,
-two runs on a noisy host): fp32 0.96-1.00 at batch 1, 1.10-1.18 at 8, 0.99-1.05 at 32; bf16 1.22-1.33 at 1,
-1.10-1.22 at 8, 1.01-1.14 at 32.
+- fp32: 1 row 26.7 -> 12.5 -> 11.5, 8 rows 33.6 -> 15.0 -> 13.2, 32 rows 59.4 -> 26.4 -> 24.3;
+- bf16: 1 row 14.4 -> 7.5 -> 5.9, 8 rows 16.1 -> 9.1 -> 7.6, 32 rows 23.4 -> 16.2 -> 14.3.
+
+So every projection and the LM head are packed in both precisions, and the decode step (``fast_decode``) packs
+q|k|v and gate|up as one matrix each (``groups``): one call and one weight stream instead of three and two.
 
 Packed results equal ``F.linear`` up to summation order: identical in bf16 here, ~1e-5 relative in fp32 (tested).
-The copies cost memory (the head: vocab x hidden; bf16 "all": the decoder's weights once more), and they are
-taken when the engine starts: weights changed afterwards (a merge) need a new engine.
+The copies cost memory (``PackedWeights.bytes``: the decoder's weights and the head once more; the prefill still
+runs the model's own weights), and they are taken when the engine starts: weights changed afterwards (a merge)
+need a new engine.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from torch import nn
 
 
 def packing_plan(dtype: torch.dtype, device: torch.device) -> str | None:
-    """"all" (every projection and the head), "head" (the LM head only) or None, for a model's dtype and device."""
+    """"all" (every projection and the head) or None, for a model's dtype and device."""
     if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
         return None
-    if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return "all"
-    if dtype == torch.float32:
-        return "head"
     return None
 
 
@@ -45,25 +45,41 @@ _HINT = {torch.float32: 32, torch.bfloat16: 1}
 class PackedWeights:
     """{key: packed weight}; ``linear(key, module, x)`` uses the packed copy when there is one."""
 
-    def __init__(self, modules: dict[object, nn.Linear]):
-        self.weights, self.biases = {}, {}
-        for key, module in modules.items():
-            weight = module.weight.detach()
+    def __init__(self, weights: dict[object, tuple[torch.Tensor, torch.Tensor | None]]):
+        """``weights``: {key: (dense weight (out, in), bias or None)}."""
+        self.weights, self.biases, self.bytes = {}, {}, 0
+        for key, (weight, bias) in weights.items():
+            weight = weight.detach().contiguous()
             self.weights[key] = torch.ops.mkldnn._reorder_linear_weight(weight, _HINT[weight.dtype])
-            self.biases[key] = None if module.bias is None else module.bias.detach()
+            self.biases[key] = None if bias is None else bias.detach()
+            self.bytes += weight.numel() * weight.element_size()
 
     @classmethod
-    def build(cls, projections: dict[object, nn.Linear], head: nn.Linear, plan: str | None) -> "PackedWeights":
-        """Pack ``head`` (key "lm_head") for plan "head", also every projection for "all"; nothing for None."""
-        modules = {} if plan is None else {"lm_head": head}
-        if plan == "all":
-            modules.update(projections)
-        return cls(modules)
+    def build(cls, projections: dict[object, nn.Linear], head: nn.Linear, plan: str | None,
+              groups: dict[object, list[nn.Linear]] | None = None) -> "PackedWeights":
+        """For plan "all": ``head`` (key "lm_head"), every projection, and every group of ``groups`` ({key: Linears
+        of the same input}) as one matrix, their outputs side by side in the group's order; a projection that is a
+        member of a group is not packed again on its own. Nothing for None."""
+        if plan is None:
+            return cls({})
+        groups = groups or {}
+        members = {id(m) for group in groups.values() for m in group}
+        weights = {"lm_head": (head.weight, head.bias)}
+        weights.update({key: (m.weight, m.bias) for key, m in projections.items() if id(m) not in members})
+        for key, group in groups.items():
+            weight = torch.cat([m.weight.detach() for m in group])
+            biased = any(m.bias is not None for m in group)
+            bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                              for m in group]) if biased else None
+            weights[key] = (weight, bias)
+        return cls(weights)
 
     def __contains__(self, key) -> bool:
         return key in self.weights
 
-    def linear(self, key, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, key, module: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)`` through the packed copy of ``key`` if there is one (a group's key: the members' outputs
+        concatenated), else ``F.linear`` on the module's own weight."""
         weight = self.weights.get(key)
         if weight is None:
             return F.linear(x, module.weight, module.bias)
