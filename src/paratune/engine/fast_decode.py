@@ -119,8 +119,8 @@ class FastDecode:
             if rows is not None:
                 lora_decode_delta(self.hooks.lora, self.paths[key], x, out, rows, inplace=True)
             delta = views.get(key)
-            if delta is not None:
-                out.addcmul_(out, delta.view(out.shape).to(out.dtype))
+            if delta is not None:  # output side; the views are (rows, 1, features) in the model's dtype
+                out.addcmul_(out, delta)
         return parts
 
     def _linear(self, index: int, name: str, module: nn.Linear, x: torch.Tensor, views: dict, lora: dict):

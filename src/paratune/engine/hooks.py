@@ -68,13 +68,14 @@ class EngineHooks:
             self._layer_handles = []
 
     def decode_views(self, view: tuple[int, int] | None, index: torch.Tensor | None) -> dict:
-        """{site: (rows, features) deltas of the running rows}: a slice of the table for a contiguous slot range,
-        else a gather (valid until the batch changes, when the engine rebuilds it)."""
+        """{site: (rows, 1, features) deltas of the running rows, shaped like a decode step's projection output}:
+        a slice of the table for a contiguous slot range, else a gather (valid until the batch changes, when the
+        engine rebuilds it)."""
         out = {}
         for key, count in self.users.items():
             if count > 0:
                 table = self.deltas[key]
-                out[key] = table[view[0]: view[1]] if view is not None else table[index]
+                out[key] = (table[view[0]: view[1]] if view is not None else table[index]).unsqueeze(1)
         return out
 
     # ----- scaling sites (PARA vectors, (IA)^3) -----------------------------------------------------------
