@@ -172,3 +172,19 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
     for a, b in zip(fast, slow):
         assert a.output_ids == b.output_ids, a.adapter
         assert a.logprobs == pytest.approx(b.logprobs, abs=tolerance)
+
+
+def test_packed_weight_memory_is_reported_and_can_be_turned_off():
+    """The packed copies cost the decoder's weights and the head once more (fp32 on CPU with oneDNN); an engine
+    built with packed_weights=False holds none and decodes the same tokens."""
+    from paratune.engine.packed_weights import packing_plan
+
+    model = tiny_model("llama")
+    packed, plain = Engine(model, packed_weights=True), Engine(model, packed_weights=False)
+    projections = sum(p.numel() for name, p in model.named_parameters()
+                      if name.endswith("proj.weight") or name == "lm_head.weight")
+    expected = projections * 4 if packing_plan(torch.float32, torch.device("cpu")) == "all" else 0
+    assert packed.packed_weight_bytes == expected and plain.packed_weight_bytes == 0
+    outputs = [e.generate([Request([5, 6, 7], params=SamplingParams(max_tokens=6))])[0].output_ids
+               for e in (packed, plain)]
+    assert outputs[0] == outputs[1]

@@ -72,6 +72,8 @@ class Engine:
         # any step it does not cover, through the transformers forward.
         self.fast_decode = FastDecode.build(model, self.hooks, self.cache, packed=packed_weights) if fast_decode else None
         self.kv_cache_bytes = self.cache.bytes
+        # the decode step's oneDNN-packed copies of the weights (0 where nothing is packed)
+        self.packed_weight_bytes = self.fast_decode.packed.bytes if self.fast_decode is not None else 0
         self.waiting: collections.deque[Request] = collections.deque()
         self.rows: dict[int, Request] = {}  # KV slot -> running request
         self._free = list(range(max_batch))
