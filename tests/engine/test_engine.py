@@ -139,7 +139,7 @@ def test_adapter_errors(tmp_path):
 def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, attention, tolerance):
     from paratune.engine.packed_weights import packing_plan
 
-    """Llama-family models decode through engine/fast_decode.py: with every kind of row mixed in one batch
+    """Llama-family models decode and prefill through engine/fast_decode.py: with every kind of row mixed in one batch
     (base, PARA, LoRA, (IA)^3, joining mid-flight), outputs are token-exact and every step's chosen-token
     log-probability equals the transformers forward's (1e-5 in fp32 eager, 1e-2 in bf16 SDPA); other
     architectures keep the forward."""
@@ -158,11 +158,13 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
         engine.generate(requests)
         runs[fast] = (engine, requests)
     (fast_engine, fast), (slow_engine, slow) = runs[True], runs[False]
-    assert slow_engine.stats["fast_decode_steps"] == 0
+    assert slow_engine.stats["fast_decode_steps"] == slow_engine.stats["fast_prefills"] == 0
     if arch == "gpt2":
         assert fast_engine.fast_decode is None and fast_engine.stats["fast_decode_steps"] == 0
     else:
         assert fast_engine.stats["fast_decode_steps"] == fast_engine.stats["decode_steps"] > 0
+        # the prefills (the first token's log-probability) ran the hand-written step too
+        assert fast_engine.stats["fast_prefills"] == slow_engine.stats["prefills"] > 0
         # the oneDNN-prepacked weights are in use (every matrix, q|k|v and gate|up fused) where oneDNN exists
         expected = packing_plan(dtype, torch.device("cpu"))
         assert fast_engine.fast_decode.packing == expected
@@ -179,8 +181,8 @@ def test_packed_weight_memory_is_reported_and_can_be_turned_off():
     built with packed_weights=False holds none and decodes the same tokens."""
     from paratune.engine.packed_weights import packing_plan
 
-    model = tiny_model("llama")
-    packed, plain = Engine(model, packed_weights=True), Engine(model, packed_weights=False)
+    model = tiny_model("llama")  # one engine per model (the engine installs its attention on the model)
+    packed, plain = Engine(model, packed_weights=True), Engine(tiny_model("llama"), packed_weights=False)
     projections = sum(p.numel() for name, p in model.named_parameters()
                       if name.endswith("proj.weight") or name == "lm_head.weight")
     expected = projections * 4 if packing_plan(torch.float32, torch.device("cpu")) == "all" else 0

@@ -277,8 +277,13 @@ class Engine:
                                    segments=self._scaled_segments(requests, slots, plan.segments))
         self.hooks.on_prefill_layer = self._para_prefill(requests, slots, plan)
         try:
-            logits = self.model(input_ids=ids, position_ids=plan.positions[None], attention_mask=_NO_MASK(self),
-                                past_key_values=self.cache, use_cache=True, logits_to_keep=ends - 1).logits[0]
+            logits = None
+            if self.fast_decode is not None:  # the hand-written step, with the decode step's packed weights
+                logits = self.fast_decode.prefill(ids[0], plan.positions, ends - 1, self.hooks.step)
+                self.stats["fast_prefills"] += logits is not None
+            if logits is None:
+                logits = self.model(input_ids=ids, position_ids=plan.positions[None], attention_mask=_NO_MASK(self),
+                                    past_key_values=self.cache, use_cache=True, logits_to_keep=ends - 1).logits[0]
         finally:
             self.hooks.on_prefill_layer = None
             self.hooks.step = None
@@ -290,6 +295,7 @@ class Engine:
         self._next_tokens[slot_index] = tokens
         self.stats["prefill_seconds"] += time.perf_counter() - start
         self.stats["prefill_tokens"] += sum(lengths)
+        self.stats["prefills"] += 1
         return [(r, r.output_ids[-1]) for r in requests]
 
     def _decode(self) -> list[tuple[Request, int]]:

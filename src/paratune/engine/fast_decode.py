@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..para.arch import decoder_layers
-from .hooks import EngineHooks, StepRows, lora_decode_delta
+from .hooks import EngineHooks, StepRows, lora_decode_delta, lora_prefill_delta, scale_segments
 from .kv_cache import SlotKVCache, slot_attention
 from .packed_weights import PackedWeights, packing_plan
 
@@ -87,52 +87,113 @@ class FastDecode:
             return None
         x = self.embed(tokens[:, None])
         cos, sin = self.rotary(x, positions[:, None])
-        batch = x.shape[0]
+        x = self._layers(x, cos, sin, mask, _DecodeRows(self, views, lora))
+        return self.packed.linear("lm_head", self.lm_head, self.norm(x)[:, -1])
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, last: torch.Tensor,
+                step: StepRows) -> torch.Tensor | None:
+        """(n, vocab) logits at the packed row's positions ``last`` after a prefill of the packed prompts ``ids``
+        (S,) at ``positions`` (S,), writing their KV (the cache's prefill plan) and calling the engine's
+        ``on_prefill_layer`` (PARA's generators) before each layer, as the layers' pre-hooks would; or None to use
+        the full forward. Why: on CPU the packed weights multiply a prefill's many rows 2.2-2.5x faster than MKL's
+        fp32 GEMM (576 x 3072 at 2048 rows: 54 -> 22 ms; bf16 the same either way)."""
+        lora, scaled = step.lora, [key for key, count in self.hooks.users.items() if count > 0]
+        if (step.segments is None or any(key[1] not in PROJECTIONS for key in scaled)
+                or any(path not in self.known_lora for path in lora)):
+            return None
+        x = self.embed(ids[None])
+        cos, sin = self.rotary(x, positions[None])
+        rows = _PrefillRows(self, {key: self.hooks.deltas[key] for key in scaled}, step.segments, lora)
+        x = self._layers(x, cos, sin, None, rows, before_layer=self.hooks.on_prefill_layer)
+        return self.packed.linear("lm_head", self.lm_head, self.norm(x)[0, last])
+
+    def _layers(self, x: torch.Tensor, cos, sin, mask, rows: "_DecodeRows | _PrefillRows", before_layer=None):
+        """The decoder layers over x (B, T, d): the model's modules and weights in transformers' order, each
+        projection adapted by ``rows`` (the step's deltas and LoRA)."""
+        batch, length = x.shape[:2]
         for i, layer in enumerate(self.layers):
+            if before_layer is not None:
+                before_layer(i, x)
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q, k, v = self._group(i, "self_attn.qkv", layer, h, views, lora)
-            q = q.view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            k = k.view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            v = v.view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            q, k, v = self._group(i, "self_attn.qkv", layer, h, rows)
+            q = q.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            k = k.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             keys, values = self.cache.update(k, v, i)
             out, _ = slot_attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)
-            x = x + self._linear(i, "self_attn.o_proj", attn.o_proj, out.reshape(batch, 1, -1), views, lora)
+            x = x + self._linear(i, "self_attn.o_proj", attn.o_proj, out.reshape(batch, length, -1), rows)
             h = layer.post_attention_layernorm(x)
-            gate, up = self._group(i, "mlp.gate_up", layer, h, views, lora)
-            x = x + self._linear(i, "mlp.down_proj", mlp.down_proj, mlp.act_fn(gate) * up, views, lora)
-        return self.packed.linear("lm_head", self.lm_head, self.norm(x)[:, -1])
+            gate, up = self._group(i, "mlp.gate_up", layer, h, rows)
+            x = x + self._linear(i, "mlp.down_proj", mlp.down_proj, mlp.act_fn(gate) * up, rows)
+        return x
 
-    def _group(self, index: int, group: str, layer: nn.Module, x: torch.Tensor, views: dict, lora: dict):
+    def _group(self, index: int, group: str, layer: nn.Module, x: torch.Tensor, rows):
         """The outputs of a group's projections of ``x``: one packed matrix, split into views that LoRA and the
         output-side deltas then change in place; each projection on its own where the group is not packed or a
         row scales a member's input ((IA)^3 on its input side: the members no longer share one input)."""
         members = GROUPS[group]
-        if (index, group) not in self.packed or any(
-                (index, m) in views and self.hooks.sides.get((index, m)) == "input" for m in members):
-            return [self._linear(index, m, layer.get_submodule(m), x, views, lora) for m in members]
+        if (index, group) not in self.packed or any(rows.scales_input((index, m)) for m in members):
+            return [self._linear(index, m, layer.get_submodule(m), x, rows) for m in members]
         parts = self.packed.linear((index, group), None, x).split(self.widths[group], dim=-1)
         for name, out in zip(members, parts):
-            key = (index, name)
-            rows = lora.get(self.paths[key]) if lora else None
-            if rows is not None:
-                lora_decode_delta(self.hooks.lora, self.paths[key], x, out, rows, inplace=True)
-            delta = views.get(key)
-            if delta is not None:  # output side; the views are (rows, 1, features) in the model's dtype
-                out.addcmul_(out, delta)
+            rows.adapt_output((index, name), x, out)
         return parts
 
-    def _linear(self, index: int, name: str, module: nn.Linear, x: torch.Tensor, views: dict, lora: dict):
+    def _linear(self, index: int, name: str, module: nn.Linear, x: torch.Tensor, rows):
         key = (index, name)
-        delta = views.get(key)
-        side = self.hooks.sides.get(key)
-        if delta is not None and side == "input":  # (IA)^3 / PARA "down": scales the projection's input
-            x = x.addcmul_(x, delta.view(x.shape).to(x.dtype))
+        x = rows.adapt_input(key, x)
         out = self.packed.linear(key, module, x)
-        rows = lora.get(self.paths[key]) if lora else None
-        if rows is not None:
-            out = lora_decode_delta(self.hooks.lora, self.paths[key], x, out, rows)
-        if delta is not None and side == "output":
-            out = out.addcmul_(out, delta.view(out.shape).to(out.dtype))
+        rows.adapt_output(key, x, out)
         return out
+
+
+class _DecodeRows:
+    """A decode step's adaptations: deltas from the batch's (rows, 1, features) views, LoRA for its own rows."""
+
+    def __init__(self, fast: FastDecode, views: dict, lora: dict):
+        self.fast, self.views, self.lora = fast, views, lora
+
+    def scales_input(self, key) -> bool:
+        return key in self.views and self.fast.hooks.sides.get(key) == "input"
+
+    def adapt_input(self, key, x: torch.Tensor) -> torch.Tensor:
+        """(IA)^3 / PARA "down": the projection's input scaled (a new tensor: group members may share x)."""
+        if not self.scales_input(key):
+            return x
+        return torch.addcmul(x, x, self.views[key].view(x.shape))
+
+    def adapt_output(self, key, x: torch.Tensor, out: torch.Tensor) -> None:
+        """LoRA, then the output-side delta, in place on ``out`` (a fresh output, or a view of a group's)."""
+        path = self.fast.paths[key]
+        rows = self.lora.get(path) if self.lora else None
+        if rows is not None:
+            lora_decode_delta(self.fast.hooks.lora, path, x, out, rows, inplace=True)
+        delta = self.views.get(key)
+        if delta is not None and self.fast.hooks.sides.get(key) == "output":
+            out.addcmul_(out, delta)  # the views are (rows, 1, features) in the model's dtype
+
+
+class _PrefillRows:
+    """A packed prefill's adaptations: each scaled prompt's own delta row over its tokens (``scale_segments``),
+    LoRA per prompt segment."""
+
+    def __init__(self, fast: FastDecode, tables: dict, segments: list[tuple[int, int, int]], lora: dict):
+        self.fast, self.tables, self.segments, self.lora = fast, tables, segments, lora
+
+    def scales_input(self, key) -> bool:
+        return key in self.tables and self.fast.hooks.sides.get(key) == "input"
+
+    def adapt_input(self, key, x: torch.Tensor) -> torch.Tensor:
+        if not self.scales_input(key) or not self.segments:
+            return x
+        return scale_segments(x.clone(), self.tables[key], self.segments)
+
+    def adapt_output(self, key, x: torch.Tensor, out: torch.Tensor) -> None:
+        path = self.fast.paths[key]
+        rows = self.lora.get(path) if self.lora else None
+        if rows is not None:
+            lora_prefill_delta(self.fast.hooks.lora, path, x, out, rows)
+        if key in self.tables and self.segments and self.fast.hooks.sides.get(key) == "output":
+            scale_segments(out, self.tables[key], self.segments)

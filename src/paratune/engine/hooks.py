@@ -107,7 +107,7 @@ class EngineHooks:
             return x
         table = self.deltas[key]
         if step.segments is not None:
-            return _scale_segments(x, table, step.segments)
+            return scale_segments(x, table, step.segments)
         delta = table[step.view[0]: step.view[1]] if step.view is not None else table[step.slots]
         # (rows or tokens, features) laid out like x: (B, 1, F), (1, S, F), per-head (..., H, D), or flattened.
         return torch.addcmul(x, x, delta.reshape(x.shape).to(x.dtype))
@@ -125,14 +125,10 @@ class EngineHooks:
             rows = self.step.lora.get(path) if self.step is not None else None
             if rows is None:
                 return output
-            x, a, b, scaling = args[0], self.lora.a[path], self.lora.b[path], self.lora.scaling
+            x = args[0]
             if self.step.kind == "decode":
                 return lora_decode_delta(self.lora, path, x, output, rows)
-            output = output.clone()
-            for start, end, slot in rows:  # prefill: one matmul pair per prompt (punica's segmented LoRA)
-                segment = x[:, start:end].to(a.dtype)
-                output[:, start:end] += ((segment @ a[slot].T) @ b[slot].T * scaling[slot]).to(output.dtype)
-            return output
+            return lora_prefill_delta(self.lora, path, x, output.clone(), rows)
 
         self._handles.append(module.register_forward_hook(add_delta))
         self._lora_hooked.add(path)
@@ -164,7 +160,18 @@ def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torc
     return output.index_add(0, index, delta.to(output.dtype))
 
 
-def _scale_segments(x: torch.Tensor, table: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
+def lora_prefill_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows) -> torch.Tensor:
+    """Prefill of a packed row: LoRA's B A x * scaling added, in place, into ``output`` (1, S, out) for the prompts
+    that have LoRA on module ``path``: ``rows`` = [(start, end, table slot)], one matmul pair per prompt (punica's
+    segmented LoRA)."""
+    a, b, scaling = lora.a[path], lora.b[path], lora.scaling
+    for start, end, slot in rows:
+        segment = x[:, start:end].to(a.dtype)
+        output[:, start:end] += ((segment @ a[slot].T) @ b[slot].T * scaling[slot]).to(output.dtype)
+    return output
+
+
+def scale_segments(x: torch.Tensor, table: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
     """Prefill: each scaled prompt's tokens times its own delta row, in place on the module's fresh output, a
     view per prompt. Gathering a delta row per token instead would write and read (tokens x features) per site,
     the largest part of PARA's prefill overhead."""
