@@ -1,18 +1,22 @@
-"""A hand-written decode step for Llama-family models (Llama, Mistral, Qwen2; SmolLM2 is a Llama), gpt-fast style.
+"""A hand-written decode step and prefill for Llama-family models (Llama, Mistral, Qwen2; SmolLM2 is a Llama),
+gpt-fast style.
 
-Why: at batch 1 a decode step of SmolLM2-135M spends ~21 ms in matmuls (the weights at ~25 GB/s) and ~12 ms
-in transformers' module machinery around them (``bench/handwritten_check.py``: 32.9 ms per engine step vs 27.4
-ms for a hand-written step of the same weights; 65.5 vs 58.5 ms at batch 8). This module is that hand-written
-step, on the engine's own state: the slot KV cache (``SlotKVCache.update`` with the step's plan), the model's
-attention implementation through ``slot_attention``, and PARA / (IA)^3 deltas and LoRA applied inline from
-the step's ``StepRows`` (the same math as the hooks, no Python hook per projection).
+Why: transformers' module machinery costs ~12 ms per decode step of SmolLM2-135M at batch 1 on this CPU
+(``bench/handwritten_check.py``), and a step written by hand is also where the weights can be oneDNN-packed
+(``packed_weights``: every matrix, q|k|v and gate|up fused into one each), which roughly halves the matmul time
+of both decode (weights streamed from memory) and fp32 prefill (MKL's sgemm is slow on this CPU). This module is
+that step, on the engine's own state: the slot KV cache (``SlotKVCache.update`` with the step's plan), the
+model's attention implementation through ``slot_attention`` (per packed prompt at prefill), and PARA / (IA)^3
+deltas and LoRA applied inline from the step's ``StepRows`` (the same math as the hooks, no Python hook per
+projection); at prefill it calls the engine's ``on_prefill_layer`` (PARA's generators) before each layer, as the
+layers' pre-hooks would.
 
 Every module it calls is the model's own (embedding, RMSNorms, rotary embedding, activation, head) or the
-weights of its Linears (through ``F.linear``, or oneDNN-prepacked copies where they pay: ``packed_weights``), in
-the order transformers runs them, so its logits equal the transformers forward (tested to 1e-5, and greedy
-outputs token-exact). Anything it does not know (another
-architecture, a scaled site or LoRA module outside q/k/v/o/gate/up/down, accelerate hooks) makes
-``FastDecode.build`` return None or a step return None, and the engine runs the transformers forward instead.
+weights of its Linears (through ``F.linear`` or the packed copies), in the order transformers runs them, so its
+logits equal the transformers forward (tested to 1e-5 in fp32, greedy outputs token-exact, prefill and decode).
+Anything it does not know (another architecture, a scaled site or LoRA module outside q/k/v/o/gate/up/down,
+accelerate hooks) makes ``FastDecode.build`` return None or a step return None, and the engine runs the
+transformers forward instead.
 """
 
 from __future__ import annotations
