@@ -153,51 +153,57 @@ class FastDecode:
         return out
 
 
-class _DecodeRows:
-    """A decode step's adaptations: deltas from the batch's (rows, 1, features) views, LoRA for its own rows."""
+class _Adaptations:
+    """The adaptations of one step's projections: ``deltas`` {site: delta tensor} of the sites some row scales,
+    ``lora`` {module path: the step's LoRA rows}."""
 
-    def __init__(self, fast: FastDecode, views: dict, lora: dict):
-        self.fast, self.views, self.lora = fast, views, lora
+    def __init__(self, fast: FastDecode, deltas: dict, lora: dict):
+        self.fast, self.deltas, self.lora = fast, deltas, lora
 
     def scales_input(self, key) -> bool:
-        return key in self.views and self.fast.hooks.sides.get(key) == "input"
+        return key in self.deltas and self.fast.hooks.sides.get(key) == "input"
+
+    def scales_output(self, key) -> bool:
+        return key in self.deltas and self.fast.hooks.sides.get(key) == "output"
+
+    def lora_rows(self, key):
+        return self.lora.get(self.fast.paths[key]) if self.lora else None
+
+
+class _DecodeRows(_Adaptations):
+    """A decode step: deltas from the batch's (rows, 1, features) views, LoRA for its own rows."""
 
     def adapt_input(self, key, x: torch.Tensor) -> torch.Tensor:
         """(IA)^3 / PARA "down": the projection's input scaled (a new tensor: group members may share x)."""
         if not self.scales_input(key):
             return x
-        return torch.addcmul(x, x, self.views[key].view(x.shape))
+        return torch.addcmul(x, x, self.deltas[key].view(x.shape))
 
     def adapt_output(self, key, x: torch.Tensor, out: torch.Tensor) -> None:
         """LoRA, then the output-side delta, in place on ``out`` (a fresh output, or a view of a group's)."""
-        path = self.fast.paths[key]
-        rows = self.lora.get(path) if self.lora else None
+        rows = self.lora_rows(key)
         if rows is not None:
-            lora_decode_delta(self.fast.hooks.lora, path, x, out, rows, inplace=True)
-        delta = self.views.get(key)
-        if delta is not None and self.fast.hooks.sides.get(key) == "output":
-            out.addcmul_(out, delta)  # the views are (rows, 1, features) in the model's dtype
+            lora_decode_delta(self.fast.hooks.lora, self.fast.paths[key], x, out, rows)
+        if self.scales_output(key):
+            out.addcmul_(out, self.deltas[key])  # the views are (rows, 1, features) in the model's dtype
 
 
-class _PrefillRows:
-    """A packed prefill's adaptations: each scaled prompt's own delta row over its tokens (``scale_segments``),
-    LoRA per prompt segment."""
+class _PrefillRows(_Adaptations):
+    """A packed prefill: each scaled prompt's own delta row over its tokens (``scale_segments``; ``deltas`` are
+    the engine's (slots, features) tables), LoRA per prompt segment."""
 
     def __init__(self, fast: FastDecode, tables: dict, segments: list[tuple[int, int, int]], lora: dict):
-        self.fast, self.tables, self.segments, self.lora = fast, tables, segments, lora
-
-    def scales_input(self, key) -> bool:
-        return key in self.tables and self.fast.hooks.sides.get(key) == "input"
+        super().__init__(fast, tables, lora)
+        self.segments = segments
 
     def adapt_input(self, key, x: torch.Tensor) -> torch.Tensor:
         if not self.scales_input(key) or not self.segments:
             return x
-        return scale_segments(x.clone(), self.tables[key], self.segments)
+        return scale_segments(x.clone(), self.deltas[key], self.segments)
 
     def adapt_output(self, key, x: torch.Tensor, out: torch.Tensor) -> None:
-        path = self.fast.paths[key]
-        rows = self.lora.get(path) if self.lora else None
+        rows = self.lora_rows(key)
         if rows is not None:
-            lora_prefill_delta(self.fast.hooks.lora, path, x, out, rows)
-        if key in self.tables and self.segments and self.fast.hooks.sides.get(key) == "output":
-            scale_segments(out, self.tables[key], self.segments)
+            lora_prefill_delta(self.fast.hooks.lora, self.fast.paths[key], x, out, rows)
+        if self.scales_output(key) and self.segments:
+            scale_segments(out, self.deltas[key], self.segments)

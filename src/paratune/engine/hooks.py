@@ -128,7 +128,7 @@ class EngineHooks:
             x = args[0]
             if self.step.kind == "decode":
                 return lora_decode_delta(self.lora, path, x, output, rows)
-            return lora_prefill_delta(self.lora, path, x, output.clone(), rows)
+            return lora_prefill_delta(self.lora, path, x, output, rows)  # the module's fresh output
 
         self._handles.append(module.register_forward_hook(add_delta))
         self._lora_hooked.add(path)
@@ -146,18 +146,15 @@ class EngineHooks:
             handle.remove()
 
 
-def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows,
-                      inplace: bool = False) -> torch.Tensor:
-    """``output`` plus LoRA's B A x * scaling for the decode rows that have LoRA on module ``path``: ``rows`` =
-    (row indices, table slots); one bmm pair over those rows only. ``inplace``: added into ``output`` itself (a
-    view of a fused projection's output)."""
+def lora_decode_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows) -> torch.Tensor:
+    """LoRA's B A x * scaling added, in place, into ``output`` (a projection's fresh output, or a view of a fused
+    projection's) for the decode rows that have LoRA on module ``path``: ``rows`` = (row indices, table slots);
+    one bmm pair over those rows only."""
     index, slots = rows
     a, b = lora.a[path], lora.b[path]
     xa = torch.bmm(x[index].to(a.dtype), a[slots].transpose(1, 2))  # (n, 1, r)
     delta = torch.bmm(xa, b[slots].transpose(1, 2)) * lora.scaling[slots][:, None, None]
-    if inplace:
-        return output.index_add_(0, index, delta.to(output.dtype))
-    return output.index_add(0, index, delta.to(output.dtype))
+    return output.index_add_(0, index, delta.to(output.dtype))
 
 
 def lora_prefill_delta(lora: LoraTables, path: str, x: torch.Tensor, output: torch.Tensor, rows) -> torch.Tensor:
