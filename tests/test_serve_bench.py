@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import statistics
 import sys
 import tarfile
@@ -174,10 +175,12 @@ def synthetic_runs():
 
 def test_report_writes_table_json_and_png(tmp_path):
     meta = {"command": "paratune bench serve --x", "config": {"prompt_len": 64, "new_tokens": 32, "repeats": 3},
-            "machine": {"cpu": "test cpu", "cpus": 2}, "versions": {"paratune": "0"}, "notes": ["a note"]}
+            "machine": {"cpu": "test cpu", "cpus": 2, "isa": ["avx2", "avx512_bf16"]}, "versions": {"paratune": "0"},
+            "notes": ["a note"]}
     summary = serve_report.write_report(synthetic_runs(), meta, tmp_path / "out")
     md = (tmp_path / "out" / "serve.md").read_text()
     assert "paratune bench serve --x" in md and "a note" in md
+    assert "Machine: test cpu, 2 CPUs (avx2 avx512_bf16), load average" in md
     assert "| concurrency | paratune server base | paratune server para | paratune server lora | llama-server base |" \
            " llama-server lora |" in md
     assert "| 8 | 352.0 (320.0-384.0) |" in md  # median (min-max) of 40 * 8 * {1, 1.1, 1.2}
@@ -192,6 +195,14 @@ def test_report_writes_table_json_and_png(tmp_path):
     assert r["median"] == pytest.approx(39 / 60) and r["min"] == pytest.approx(r["max"])
     assert ratios[("decode", 1, "engine base / llama-batched-bench base")]["median"] == pytest.approx(0.5)
     assert ratios[("closed", 1, "paratune para / llama-server lora")]["median"] == pytest.approx(39 / 20)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's /proc/cpuinfo")
+def test_machine_info_lists_the_known_isa_flags_of_this_cpu():
+    info = serve_bench.machine_info()
+    flags = set(next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")),
+                     []))
+    assert info["isa"] == [f for f in serve_bench.ISA_FLAGS if f in flags]
 
 
 # ----- workload pieces ------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def stream(rows=(1, 8, 32), reps: int = 20) -> None:
         }
         groups = {(i, g): [layer.get_submodule(m) for m in ms] for i, layer in enumerate(layers) for g, ms in GROUPS.items()}
         fused_packed = PackedWeights.build({(i, n): m for i, layer in enumerate(fused) for n, m in
-                                            enumerate(layer)}, layers[0].mlp.up_proj, "all", groups)
+                                            enumerate(layer)}, None, "all", groups)
         calls = [[((i, n), m) for n, m in enumerate(layer)] + [((i, g), groups[(i, g)][0]) for g in GROUPS]
                  for i, layer in enumerate(fused)]
         ways["fused"] = (fused_packed, calls)

@@ -582,18 +582,25 @@ def _fresh_smollm(cfg: BenchConfig):
 
 
 # ----- metadata and entry point ------------------------------------------------------------------------------
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     mem = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    # the instruction sets that decide which kernels run (fp32 AVX2 vs AVX-512, native bf16): hosts vary
     return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gib": mem, "platform": platform.platform(),
-            "loadavg_start": _loadavg()}
+            "isa": [f for f in ISA_FLAGS if f in flags], "loadavg_start": _loadavg()}
 
 
 def _loadavg() -> str:

@@ -115,10 +115,11 @@ def _table(summary: dict, mode: str, value: str = "tok_s", digits: int = 1) -> l
 
 
 def markdown(summary: dict, meta: dict) -> str:
-    cfg = meta.get("config", {})
+    cfg, machine = meta.get("config", {}), meta.get("machine", {})
     lines = ["# Serving benchmark: paratune vs llama.cpp, many tenants on distinct adapters", "",
              f"Command: `{meta.get('command', '')}`  ",
-             f"Machine: {meta.get('machine', {}).get('cpu', '?')}, {meta.get('machine', {}).get('cpus', '?')} CPUs, "
+             f"Machine: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs"
+             + (f" ({' '.join(machine['isa'])})" if machine.get("isa") else "") + ", "
              f"load average at start {meta.get('machine', {}).get('loadavg_start', '?')}, at end "
              f"{meta.get('machine', {}).get('loadavg_end', '?')}.  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".", "",

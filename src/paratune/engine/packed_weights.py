@@ -55,16 +55,16 @@ class PackedWeights:
             self.bytes += weight.numel() * weight.element_size()
 
     @classmethod
-    def build(cls, projections: dict[object, nn.Linear], head: nn.Linear, plan: str | None,
+    def build(cls, projections: dict[object, nn.Linear], head: nn.Linear | None, plan: str | None,
               groups: dict[object, list[nn.Linear]] | None = None) -> "PackedWeights":
-        """For plan "all": ``head`` (key "lm_head"), every projection, and every group of ``groups`` ({key: Linears
+        """For plan "all": ``head`` (key "lm_head"; None: no head), every projection, and every group of ``groups`` ({key: Linears
         of the same input}) as one matrix, their outputs side by side in the group's order; a projection that is a
         member of a group is not packed again on its own. Nothing for None."""
         if plan is None:
             return cls({})
         groups = groups or {}
         members = {id(m) for group in groups.values() for m in group}
-        weights = {"lm_head": (head.weight, head.bias)}
+        weights = {} if head is None else {"lm_head": (head.weight, head.bias)}
         weights.update({key: (m.weight, m.bias) for key, m in projections.items() if id(m) not in members})
         for key, group in groups.items():
             weight = torch.cat([m.weight.detach() for m in group])
