@@ -134,15 +134,22 @@ def test_adapter_errors(tmp_path):
         engine.add_request(Request([1, 2], adapter="nope"))
 
 
-@pytest.mark.parametrize("dtype, attention, tolerance", [(torch.float32, "eager", 1e-5),
-                                                         (torch.bfloat16, "sdpa", 1e-2)])
-def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, attention, tolerance):
+@pytest.mark.parametrize("dtype, attention, tolerance, grouped_rows", [(torch.float32, "eager", 1e-5, 32),
+                                                                       (torch.float32, "sdpa", 1e-5, 32),
+                                                                       (torch.float32, "sdpa", 1e-5, 1),
+                                                                       (torch.bfloat16, "sdpa", 1e-2, 32)])
+def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, attention, tolerance, grouped_rows,
+                                                          monkeypatch):
+    from paratune.engine import fast_decode
     from paratune.engine.packed_weights import packing_plan
+
+    monkeypatch.setattr(fast_decode, "GROUPED_DECODE_ROWS", grouped_rows)  # 1: fp32 decode attention as matmuls
 
     """Llama-family models decode and prefill through engine/fast_decode.py: with every kind of row mixed in one batch
     (base, PARA, LoRA, (IA)^3, joining mid-flight), outputs are token-exact and every step's chosen-token
-    log-probability equals the transformers forward's (1e-5 in fp32 eager, 1e-2 in bf16 SDPA); other
-    architectures keep the forward."""
+    log-probability equals the transformers forward's (1e-5 in fp32 eager and SDPA, 1e-2 in bf16 SDPA); other
+    architectures keep the forward. SDPA on CPU runs directly on the KV heads (``enable_gqa``, fp32 decode and
+    every prefill), the forward through transformers' wrapper."""
     arch, root, names = adapters
     runs = {}
     for fast in (True, False):
@@ -168,6 +175,8 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
         # the oneDNN-prepacked weights are in use (every matrix, q|k|v and gate|up fused) where oneDNN exists
         expected = packing_plan(dtype, torch.device("cpu"))
         assert fast_engine.fast_decode.packing == expected
+        assert fast_engine.fast_decode.direct_sdpa == (attention == "sdpa")
+        assert fast_engine.fast_decode.direct_decode == (attention == "sdpa" and dtype == torch.float32)
         packed = fast_engine.fast_decode.packed
         assert all((key in packed) == (expected is not None) for key in ("lm_head", (0, "self_attn.qkv"),
                                                                          (0, "mlp.gate_up"), (0, "mlp.down_proj")))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..para.arch import decoder_layers
@@ -37,6 +38,7 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 # Projections of the same input that a packed step runs as one matrix (one call, one weight stream).
 GROUPS = {"self_attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
           "mlp.gate_up": ("mlp.gate_proj", "mlp.up_proj")}
+GROUPED_DECODE_ROWS = 32  # from this many decode rows on, fp32 attention as two matmuls (``_decode_attention``)
 
 
 class FastDecode:
@@ -57,6 +59,14 @@ class FastDecode:
             model.lm_head, self.packing,
             groups={(i, group): [layer.get_submodule(m) for m in members]
                     for i, layer in enumerate(self.layers) for group, members in GROUPS.items()})
+        # The model's SDPA called directly on the un-repeated key/value heads (``enable_gqa``): transformers'
+        # SDPA wrapper repeats K/V to every query head whenever it is given a mask (on CPU). Measured per layer
+        # call (``bench/attention_check.py``, fp32, SmolLM2's 9 query / 3 KV heads): decode 0.46-0.65x the
+        # wrapper's time at 1-64 rows, prefill (per prompt, ``is_causal``) 0.69x at 64 tokens, 0.81x at 512; in
+        # bf16 the prefill 0.56-0.89x, but the bf16 decode 2-5x slower (another kernel), so it keeps the wrapper.
+        attention = getattr(self.layers[0].self_attn, "_paratune_inner_attention", None)
+        self.direct_sdpa = attention == "sdpa" and weight.device.type == "cpu"
+        self.direct_decode = self.direct_sdpa and weight.dtype == torch.float32
         # output widths of each group's members, to split the group's output into views
         self.widths = {group: [self.layers[0].get_submodule(m).out_features for m in members]
                        for group, members in GROUPS.items()}
@@ -126,12 +136,42 @@ class FastDecode:
             v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             keys, values = self.cache.update(k, v, i)
-            out, _ = slot_attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)
+            out = self._attention(attn, q, keys, values, mask)
             x = x + self._linear(i, "self_attn.o_proj", attn.o_proj, out.reshape(batch, length, -1), rows)
             h = layer.post_attention_layernorm(x)
             gate, up = self._group(i, "mlp.gate_up", layer, h, rows)
             x = x + self._linear(i, "mlp.down_proj", mlp.down_proj, mlp.act_fn(gate) * up, rows)
         return x
+
+    def _attention(self, attn: nn.Module, q, keys, values, mask) -> torch.Tensor:
+        """(B, T, heads, head_dim) attention output of the step (the cache's plan says prefill or decode)."""
+        plan = self.cache.plan
+        if self.direct_sdpa and plan.kind == "prefill":  # each packed prompt over its own tokens, causal
+            outs = [F.scaled_dot_product_attention(q[:, :, start:end], keys[:, :, start:end],
+                                                   values[:, :, start:end], is_causal=True, scale=attn.scaling,
+                                                   enable_gqa=True) for start, end in plan.segments]
+            return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
+        if self.direct_decode and plan.kind == "decode":  # over the cache view; the mask stops each row
+            if plan.rows_in_view is not None:  # holes in the slot range: the view's rows, then this step's
+                full = q.new_zeros(keys.shape[0], *q.shape[1:])
+                full[plan.rows_in_view] = q
+                return self._decode_attention(full, keys, values, mask, attn.scaling)[plan.rows_in_view]
+            return self._decode_attention(q, keys, values, mask, attn.scaling)
+        return slot_attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)[0]
+
+    @staticmethod
+    def _decode_attention(q, keys, values, mask, scale: float) -> torch.Tensor:
+        """(V, 1, heads, head_dim) for one query per row (V, heads, 1, head_dim) over the cache view (V, kv_heads,
+        L, head_dim). From GROUPED_DECODE_ROWS rows on, two matmuls with each KV head's query heads side by side
+        beat SDPA's kernel (``bench/attention_check.py``: 0.43-0.66x its time at 32-64 rows, 1.07-1.2x at 1-8)."""
+        rows, heads = q.shape[:2]
+        if rows < GROUPED_DECODE_ROWS:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
+                                                  enable_gqa=True).transpose(1, 2)
+        kv_heads, length = keys.shape[1], keys.shape[2]
+        scores = torch.matmul(q.view(rows, kv_heads, heads // kv_heads, -1), keys.transpose(-1, -2))
+        weights = torch.softmax(torch.add(mask.view(rows, 1, 1, length), scores, alpha=scale), dim=-1)
+        return torch.matmul(weights, values).view(rows, 1, heads, -1)
 
     def _group(self, index: int, group: str, layer: nn.Module, x: torch.Tensor, rows):
         """The outputs of a group's projections of ``x``: one packed matrix, split into views that LoRA and the
