@@ -31,3 +31,5 @@ def test_verb_configs_validate_device_and_dtype():
         GenerateConfig(prompt="hi", device="tpu")
     with pytest.raises(ValueError, match="max_seq_len must be None or an integer >= 2, got 1"):
         ServeConfig(max_seq_len=1)
+    with pytest.raises(ValueError, match="timeout_keep_alive must be a number > 0, got 0"):
+        ServeConfig(timeout_keep_alive=0)

@@ -72,7 +72,9 @@ def free_port() -> int:
 def serve_in_thread(app) -> tuple[str, uvicorn.Server, threading.Thread]:
     """Run an ASGI app with uvicorn on a free loopback port in a daemon thread; returns once it is up."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    # keep-alive longer than any idle connection of a test: on a loaded machine a client reusing a pooled
+    # connection just as uvicorn closes it (after its default 5 s) gets a ReadError, which is not what tests test
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_keep_alive=600))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):

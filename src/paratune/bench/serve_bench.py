@@ -226,7 +226,7 @@ def paratune_server_command(adapter_dir: Path, port: int, max_concurrent: int, c
     return [sys.executable, "-m", "paratune.cli", "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
             "--max-concurrent", str(max_concurrent), "--queue-size", "100000",
             "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget),
-            "--max-seq-len", str(slot_tokens(cfg)), "--dtype", cfg.dtype]
+            "--max-seq-len", str(slot_tokens(cfg)), "--dtype", cfg.dtype, "--timeout-keep-alive", "600"]
 
 
 @contextlib.contextmanager

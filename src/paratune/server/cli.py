@@ -45,6 +45,10 @@ class ServeConfig:
         "help": "decode with oneDNN-packed copies of the weights on CPU (about 2x faster decoding in fp32; costs the "
         "weights' memory once more)"})
     log_level: str = field(default="warning", metadata={"help": f"uvicorn log level: {', '.join(LOG_LEVELS)}"})
+    timeout_keep_alive: float = field(default=5.0, metadata={
+        "help": "seconds an idle keep-alive connection stays open (uvicorn's default 5); a client that reuses a "
+        "connection just as the server closes it sees a reset, so set it above your clients' or proxy's idle "
+        "time"})
 
     def __post_init__(self):
         from ..generate import parse_adapter_specs
@@ -75,6 +79,8 @@ class ServeConfig:
         if isinstance(self.log_level, str):
             self.log_level = self.log_level.lower()
         check("log_level", self.log_level in LOG_LEVELS, ", ".join(LOG_LEVELS))
+        check("timeout_keep_alive", isinstance(self.timeout_keep_alive, (int, float))
+              and not isinstance(self.timeout_keep_alive, bool) and self.timeout_keep_alive > 0, "a number > 0")
 
 
 def adapter_folders(root: Path) -> dict[str, Path]:
@@ -123,7 +129,8 @@ def serve(config: ServeConfig) -> int:
     # only on the first thread that used it (bench/thread_check.py: 1.11 s vs 1.89 s for one request), so HTTP
     # gets the background thread. Ctrl-C lands here and stops both.
     app = create_app(engine, server_config, engine_thread=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level))
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                           timeout_keep_alive=config.timeout_keep_alive))
     http = threading.Thread(target=server.run, name="paratune-http", daemon=True)
     print(f"serving {config.model} + {len(adapters)} adapters on http://{config.host}:{config.port}/v1")
     http.start()
