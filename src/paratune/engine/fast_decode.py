@@ -6,14 +6,17 @@ Why: transformers' module machinery costs ~12 ms per decode step of SmolLM2-135M
 (``packed_weights``: every matrix, q|k|v and gate|up fused into one each), which roughly halves the matmul time
 of both decode (weights streamed from memory) and fp32 prefill (MKL's sgemm is slow on this CPU). This module is
 that step, on the engine's own state: the slot KV cache (``SlotKVCache.update`` with the step's plan), the
-model's attention implementation through ``slot_attention`` (per packed prompt at prefill), and PARA / (IA)^3
+model's attention implementation (SDPA called on the KV heads directly, else through ``slot_attention``; per
+packed prompt at prefill), and PARA / (IA)^3
 deltas and LoRA applied inline from the step's ``StepRows`` (the same math as the hooks, no Python hook per
 projection); at prefill it calls the engine's ``on_prefill_layer`` (PARA's generators) before each layer, as the
 layers' pre-hooks would.
 
-Every module it calls is the model's own (embedding, RMSNorms, rotary embedding, activation, head) or the
-weights of its Linears (through ``F.linear`` or the packed copies), in the order transformers runs them, so its
-logits equal the transformers forward (tested to 1e-5 in fp32, greedy outputs token-exact, prefill and decode).
+Every module it calls is the model's own (embedding, rotary embedding, activation, head) or the weights of its
+Linears (through ``F.linear`` or the packed copies), in the order transformers runs them; where fewer ops compute
+the same arithmetic it uses them instead, for the known Llama/Mistral/Qwen2 classes only (RMSNorm as
+``F.rms_norm`` in fp32, RoPE once over q|k). Its logits equal the transformers forward (tested to 1e-5 in fp32
+eager and SDPA, 1e-2 in bf16, greedy outputs token-exact, prefill and decode).
 Anything it does not know (another architecture, a scaled site or LoRA module outside q/k/v/o/gate/up/down,
 accelerate hooks) makes ``FastDecode.build`` return None or a step return None, and the engine runs the
 transformers forward instead.
@@ -62,9 +65,9 @@ class FastDecode:
                     for i, layer in enumerate(self.layers) for group, members in GROUPS.items()})
         # The model's SDPA called directly on the un-repeated key/value heads (``enable_gqa``): transformers'
         # SDPA wrapper repeats K/V to every query head whenever it is given a mask (on CPU). Measured per layer
-        # call (``bench/attention_check.py``, fp32, SmolLM2's 9 query / 3 KV heads): decode 0.46-0.65x the
-        # wrapper's time at 1-64 rows, prefill (per prompt, ``is_causal``) 0.69x at 64 tokens, 0.81x at 512; in
-        # bf16 the prefill 0.56-0.89x, but the bf16 decode 2-5x slower (another kernel), so it keeps the wrapper.
+        # call (``bench/attention_check.py``, fp32, SmolLM2's 9 query / 3 KV heads): decode 0.47-0.78x the
+        # wrapper's time at 1-64 rows, prefill (per prompt, ``is_causal``) 0.70x at 64 tokens, 0.94x at 512; in
+        # bf16 the prefill 0.72-0.84x, but the bf16 decode 2.5-4.7x slower (another kernel): it keeps the wrapper.
         attention = getattr(self.layers[0].self_attn, "_paratune_inner_attention", None)
         self.direct_sdpa = attention == "sdpa" and weight.device.type == "cpu"
         self.direct_decode = self.direct_sdpa and weight.dtype == torch.float32
@@ -185,7 +188,7 @@ class FastDecode:
     def _decode_attention(q, keys, values, mask, scale: float) -> torch.Tensor:
         """(V, 1, heads, head_dim) for one query per row (V, heads, 1, head_dim) over the cache view (V, kv_heads,
         L, head_dim). From GROUPED_DECODE_ROWS rows on, two matmuls with each KV head's query heads side by side
-        beat SDPA's kernel (``bench/attention_check.py``: 0.43-0.66x its time at 32-64 rows, 1.07-1.2x at 1-8)."""
+        beat SDPA's kernel (``bench/attention_check.py``: 0.55-0.93x its time at 32-64 rows; 1.2-2.3x at 1-8)."""
         rows, heads = q.shape[:2]
         if rows < GROUPED_DECODE_ROWS:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
