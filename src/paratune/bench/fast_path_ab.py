@@ -24,8 +24,8 @@ CHOICES = {"attention": ("direct_sdpa", "direct_decode"), "norm_rope": ("fused_n
 
 
 def main(argv=None) -> None:
-    from paratune.bench.profile_step import decode_seconds_per_step, write_adapters
-    from paratune.engine import Engine, Request, SamplingParams
+    from paratune.bench.profile_step import decode_seconds_per_step, prefill_seconds, write_adapters
+    from paratune.engine import Engine
     from paratune.models import load_backbone
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,13 +51,8 @@ def main(argv=None) -> None:
             engine.add_adapter(f"t{i}", path)
     g = torch.Generator().manual_seed(0)
 
-    def prefill_seconds(adapters) -> float:
-        for adapter in adapters:
-            engine.add_request(Request(torch.randint(100, 40000, (64,), generator=g).tolist(), adapter=adapter,
-                                       params=SamplingParams(max_tokens=1, ignore_eos=True)))
-        start = time.perf_counter()
-        engine.step()
-        return time.perf_counter() - start
+    def random_prompts(n: int) -> list[list[int]]:
+        return [torch.randint(100, 40000, (64,), generator=g).tolist() for _ in range(n)]
 
     names = [n for n in variants if n != "all on"]
     print(f"\n{args.dtype}: all on vs each variant (median of {args.rounds} interleaved rounds)\n")
@@ -72,7 +67,8 @@ def main(argv=None) -> None:
                 for variant, settings in variants.items():
                     for attr, value in settings.items():
                         setattr(fast, attr, value)
-                    seconds = decode_seconds_per_step(engine, adapters, args.steps, g), prefill_seconds(adapters)
+                    seconds = (decode_seconds_per_step(engine, adapters, args.steps, g),
+                               prefill_seconds(engine, random_prompts(len(adapters)), adapters))
                     if r:
                         decode[variant].append(n / seconds[0])
                         prefill[variant].append(seconds[1])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from paratune.bench.profile_step import write_adapters
-from paratune.engine import Engine, Request, SamplingParams
+from paratune.bench.profile_step import prefill_seconds, write_adapters
+from paratune.engine import Engine
 from paratune.models import load_backbone
 
 torch.set_num_threads(2)
@@ -36,15 +36,7 @@ prompts = [torch.randint(100, 40000, (plen,), generator=g).tolist() for _ in ran
 
 
 def one(engine, kind):
-    for i, ids in enumerate(prompts):
-        engine.add_request(Request(ids, adapter=None if kind == "base" else f"t{i}",
-                                   params=SamplingParams(max_tokens=1, ignore_eos=True)))
-    t = time.perf_counter()
-    engine.step()
-    dt = time.perf_counter() - t
-    while engine.has_work():
-        engine.step()
-    return dt
+    return prefill_seconds(engine, prompts, [None if kind == "base" else f"t{i}" for i in range(len(prompts))])
 
 
 cells = [(e, k) for e in engines for k in ("base", "para")]

@@ -56,6 +56,19 @@ def decode_seconds_per_step(engine: Engine, adapters: list[str | None], steps: i
     return seconds
 
 
+def prefill_seconds(engine: Engine, prompts: list[list[int]], adapters: list[str | None]) -> float:
+    """Wall time of the one engine step that prefills a request per prompt (``adapters[i]`` on prompt i), each
+    asking for one token; the round is drained before returning."""
+    for ids, adapter in zip(prompts, adapters, strict=True):
+        engine.add_request(Request(ids, adapter=adapter, params=SamplingParams(max_tokens=1, ignore_eos=True)))
+    start = time.perf_counter()
+    engine.step()
+    seconds = time.perf_counter() - start
+    while engine.has_work():
+        engine.step()
+    return seconds
+
+
 def profile(kind: str, batch: int, steps: int, prompt_len: int = 64) -> tuple[float, str]:
     backbone = load_backbone()
     model = backbone.model

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..para.arch import decoder_layers
 from .hooks import EngineHooks, StepRows, lora_decode_delta, lora_prefill_delta, scale_segments
-from .kv_cache import SlotKVCache, slot_attention
+from .kv_cache import SlotKVCache, over_view_rows, slot_attention
 from .packed_weights import PackedWeights, packing_plan
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -177,11 +177,8 @@ class FastDecode:
                                                    enable_gqa=True) for start, end in plan.segments]
             return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
         if self.direct_decode and plan.kind == "decode":  # over the cache view; the mask stops each row
-            if plan.rows_in_view is not None:  # holes in the slot range: the view's rows, then this step's
-                full = q.new_zeros(keys.shape[0], *q.shape[1:])
-                full[plan.rows_in_view] = q
-                return self._decode_attention(full, keys, values, mask, attn.scaling)[plan.rows_in_view]
-            return self._decode_attention(q, keys, values, mask, attn.scaling)
+            return over_view_rows(plan, q, keys.shape[0],
+                                  lambda rows: self._decode_attention(rows, keys, values, mask, attn.scaling))
         return slot_attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)[0]
 
     @staticmethod

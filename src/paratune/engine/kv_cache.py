@@ -120,12 +120,19 @@ def slot_attention(module, query, key, value, attention_mask, **kwargs):
                            **kwargs)
             outputs.append(out)
         return torch.cat(outputs, dim=1), None  # (1, S, heads, head_dim)
-    if plan.rows_in_view is not None:
-        full = query.new_zeros(key.shape[0], *query.shape[1:])
-        full[plan.rows_in_view] = query
-        out, _ = inner(module, full, key, value, attention_mask, **kwargs)
-        return out[plan.rows_in_view], None
-    return inner(module, query, key, value, attention_mask, **kwargs)
+    return over_view_rows(plan, query, key.shape[0],
+                          lambda q: inner(module, q, key, value, attention_mask, **kwargs)[0]), None
+
+
+def over_view_rows(plan: StepPlan, query: torch.Tensor, view_rows: int, attend) -> torch.Tensor:
+    """``attend(query)`` at a decode step, where query row i belongs to the cache view's row
+    ``plan.rows_in_view[i]``: with holes in the slot range the queries are scattered into the view's rows (zeros
+    elsewhere, their outputs dropped), so one attention call covers the contiguous view."""
+    if plan.rows_in_view is None:
+        return attend(query)
+    full = query.new_zeros(view_rows, *query.shape[1:])
+    full[plan.rows_in_view] = query
+    return attend(full)[plan.rows_in_view]
 
 
 def _cached_causal(module, length: int, dtype, device) -> torch.Tensor:
