@@ -197,6 +197,13 @@ def test_protocol_runs_resumes_and_reports(tiny_folder, tmp_path, monkeypatch):
     row = next(line for line in report.splitlines() if line.startswith("| sst2 (acc) |"))
     assert f"{100 * np.mean(para):.1f} ± {100 * np.std(para, ddof=1):.1f} ({100 * para[0]:.1f}, {100 * para[1]:.1f})" in row
     data = json.loads((tmp_path / "quality.json").read_text())
+    # PARA against the one-seed reference: PARA's items averaged over its seeds, the reference's one seed
+    items = {m: [r["items"]["acc"] for r in scores if r["task"] == "sst2" and r["method"] == m
+                 and r["split"] == "test:sst2"] for m in ("para", "prompt-tuning")}
+    assert len(items["prompt-tuning"]) == 1
+    against = data["comparisons"]["para-prompt-tuning/single"]["tasks"]["sst2"]["diff"]
+    assert against == pytest.approx(np.mean(np.mean(items["para"], axis=0)) - np.mean(items["prompt-tuning"][0]))
+    assert "| para-prompt-tuning/single |" in report
     assert data["chosen_lr"]["sst2/para"] == lr_key(protocol.chosen_lr("sst2", "para"))
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -15,7 +15,8 @@ from .methods import ABLATIONS, VARIANTS, lr_grid, lr_key
 from .protocol import MULTITASK, Protocol, QualityConfig, config_dict
 from .stats import paired_bootstrap, seed_mean
 
-COMPARISONS = (("para", "lora"), ("para", "lora-all"))
+# PARA against each other method; a reference (one seed) enters with its one seed, PARA with the mean of its seeds.
+COMPARISONS = (("para", "lora"), ("para", "lora-all"), ("para", "ia3"), ("para", "prompt-tuning"))
 
 
 def _versions() -> dict:
@@ -101,8 +102,8 @@ def _comparisons(test: dict, cfg: QualityConfig) -> dict:
         for setting, group in settings:
             xs, ys = {}, {}
             for t in cfg.tasks:
-                x = _per_item(test, group or t, a, t, cfg.seeds)
-                y = _per_item(test, group or t, b, t, cfg.seeds)
+                x = _per_item(test, group or t, a, t, 1 if a in cfg.reference_methods else cfg.seeds)
+                y = _per_item(test, group or t, b, t, 1 if b in cfg.reference_methods else cfg.seeds)
                 if x is not None and y is not None:
                     xs[t], ys[t] = x, y
             if xs:
@@ -163,7 +164,8 @@ def markdown(data: dict, command: str) -> str:
         lines.append("")
     # comparisons
     if data["comparisons"]:
-        lines += ["## Paired differences (points, 95% paired bootstrap CI over test items, seed-averaged scores)", "",
+        lines += ["## Paired differences (points, 95% paired bootstrap CI over test items; seed-averaged scores, "
+                  "a reference's one seed)", "",
                   "| comparison | " + " | ".join(tasks) + " | mean over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
         for name, result in data["comparisons"].items():
             cells = []
