@@ -225,23 +225,31 @@ def chart(data: dict, path: Path) -> None:
 
     cfg = data["config"]
     tasks, methods = cfg["tasks"], cfg["methods"]
-    fig, ax = plt.subplots(figsize=(max(7, 2.0 * len(tasks)), 4))
-    width = 0.8 / (len(methods) + 1)
+    panels = [("single-task adapters", None, methods)]
+    union = [m for m in methods if m in cfg["multitask_methods"]]
+    if cfg["multitask"] and any(f"{MULTITASK}/{m}" in data["test"] for m in union):
+        panels.append(("one adapter on the union of the tasks", MULTITASK, union))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7, 2.0 * len(tasks)), 4 * len(panels)), squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}  # a method keeps its colour in both panels
     xs = np.arange(len(tasks))
-    ax.bar(xs, [100 * data["base"].get(t, 0) for t in tasks], width, label="base (0-shot)", color="#bbbbbb")
-    for i, m in enumerate(methods, start=1):
-        means, errs = [], []
-        for t in tasks:
-            runs = data["test"].get(f"{t}/{m}", {}).get(t, [])
-            values = [100 * r[MAIN_METRIC[t]] for r in runs]
-            means.append(statistics.mean(values) if values else 0)
-            errs.append(statistics.stdev(values) if len(values) > 1 else 0)
-        ax.bar(xs + i * width, means, width, yerr=errs, capsize=2, label=m)
-    ax.set_xticks(xs + width * len(methods) / 2, [f"{t}\n({MAIN_METRIC[t]})" for t in tasks])
-    ax.set_ylabel("test score x100 (mean ± sd over seeds)")
-    ax.set_title("single-task adapters, SmolLM2-135M-Instruct, lr chosen on validation")
-    ax.legend(fontsize=7, ncol=3)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (title, group, shown) in zip(axes[:, 0], panels):
+        width = 0.8 / (len(shown) + 1)
+        ax.bar(xs, [100 * data["base"].get(t, 0) for t in tasks], width, label="base (0-shot)", color="#bbbbbb")
+        for i, m in enumerate(shown, start=1):
+            means, errs = [], []
+            for t in tasks:
+                runs = data["test"].get(f"{group or t}/{m}", {}).get(t, [])
+                values = [100 * r[MAIN_METRIC[t]] for r in runs]
+                means.append(statistics.mean(values) if values else 0)
+                errs.append(statistics.stdev(values) if len(values) > 1 else 0)
+            one_seed = m in cfg["reference_methods"]
+            ax.bar(xs + i * width, means, width, yerr=None if one_seed else errs, capsize=2, color=colours[m],
+                   label=f"{m} (1 seed)" if one_seed else m)
+        ax.set_xticks(xs + width * len(shown) / 2, [f"{t}\n({MAIN_METRIC[t]})" for t in tasks])
+        ax.set_ylabel("test score x100 (mean ± sd over seeds)")
+        ax.set_title(f"{title}, SmolLM2-135M-Instruct, lr chosen on validation")
+        ax.legend(fontsize=7, ncol=3)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
