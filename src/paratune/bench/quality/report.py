@@ -82,7 +82,9 @@ def collect(protocol: Protocol) -> dict:
                     row["vs"][other] = paired_bootstrap({task: x}, {task: y})["tasks"][task]
             variants[f"{task}/{name}"] = row
     return {"config": config_dict(cfg), "params": params, "grid": grid, "chosen_lr": chosen, "test": test,
-            "base": base, "ablations": ablations, "variants": variants, "comparisons": _comparisons(test, cfg),
+            "seeds": {m: protocol.seeds(m) for m in cfg.methods},
+            "base": base, "ablations": ablations, "variants": variants,
+            "comparisons": _comparisons(test, cfg, protocol.seeds),
             "versions": _versions()}
 
 
@@ -93,7 +95,8 @@ def _per_item(test: dict, task: str, method: str, eval_task: str, seeds: int) ->
     return seed_mean([r["items"] for r in runs])
 
 
-def _comparisons(test: dict, cfg: QualityConfig) -> dict:
+def _comparisons(test: dict, cfg: QualityConfig, seeds) -> dict:
+    """Paired bootstraps of COMPARISONS; ``seeds(method)``: how many seeds a method's mean needs."""
     out = {}
     settings = [("single", None)] + ([("multitask", MULTITASK)] if cfg.multitask else [])
     if cfg.seeds < 1:
@@ -102,8 +105,8 @@ def _comparisons(test: dict, cfg: QualityConfig) -> dict:
         for setting, group in settings:
             xs, ys = {}, {}
             for t in cfg.tasks:
-                x = _per_item(test, group or t, a, t, 1 if a in cfg.reference_methods else cfg.seeds)
-                y = _per_item(test, group or t, b, t, 1 if b in cfg.reference_methods else cfg.seeds)
+                x = _per_item(test, group or t, a, t, seeds(a))
+                y = _per_item(test, group or t, b, t, seeds(b))
                 if x is not None and y is not None:
                     xs[t], ys[t] = x, y
             if xs:
@@ -158,8 +161,7 @@ def markdown(data: dict, command: str) -> str:
             base = data["base"].get(t)
             row = [f"{100 * base:.1f}" if base is not None else "-"]
             for m in cols:
-                seeds = 1 if m in cfg["reference_methods"] else cfg["seeds"]
-                row.append(_cell(data["test"].get(f"{group}/{m}", {}).get(t), MAIN_METRIC[t], seeds))
+                row.append(_cell(data["test"].get(f"{group}/{m}", {}).get(t), MAIN_METRIC[t], data["seeds"][m]))
             lines.append(f"| {t} ({MAIN_METRIC[t]}) | " + " | ".join(row) + " |")
         lines.append("")
     # comparisons
