@@ -138,14 +138,14 @@ def test_adapter_errors(tmp_path):
                                                                        (torch.float32, "sdpa", 1e-5, 32),
                                                                        (torch.float32, "sdpa", 1e-5, 1),
                                                                        (torch.bfloat16, "sdpa", 1e-2, 32)])
-def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, attention, tolerance, grouped_rows,
-                                                          monkeypatch):
-    from paratune.engine import fast_decode
-    from paratune.engine.packed_weights import packing_plan
+def test_handwritten_runner_equals_the_transformers_runner(adapters, dtype, attention, tolerance, grouped_rows,
+                                                           monkeypatch):
+    from paratune.engine.runners import llama
+    from paratune.engine.runners.packed_weights import packing_plan
 
-    monkeypatch.setattr(fast_decode, "GROUPED_DECODE_ROWS", grouped_rows)  # 1: fp32 decode attention as matmuls
+    monkeypatch.setattr(llama, "GROUPED_DECODE_ROWS", grouped_rows)  # 1: fp32 decode attention as matmuls
 
-    """Llama-family models decode and prefill through engine/fast_decode.py: with every kind of row mixed in one batch
+    """Llama-family models decode and prefill through engine/runners/llama.py: with every kind of row mixed in one batch
     (base, PARA, LoRA, (IA)^3, joining mid-flight), outputs are token-exact and every step's chosen-token
     log-probability equals the transformers forward's (1e-5 in fp32 eager and SDPA, 1e-2 in bf16 SDPA); other
     architectures keep the forward. SDPA on CPU runs directly on the KV heads (``enable_gqa``, fp32 decode and
@@ -155,7 +155,7 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
     for fast in (True, False):
         model = tiny_model(arch).to(dtype)
         model.config._attn_implementation = attention
-        engine = Engine(model, max_batch=4, fast_decode=fast)
+        engine = Engine(model, max_batch=4, handwritten=fast)
         for name in names:
             engine.add_adapter(name, root / name)
         g = torch.Generator().manual_seed(5)
@@ -165,19 +165,19 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
         engine.generate(requests)
         runs[fast] = (engine, requests)
     (fast_engine, fast), (slow_engine, slow) = runs[True], runs[False]
-    assert slow_engine.stats["fast_decode_steps"] == slow_engine.stats["fast_prefills"] == 0
+    assert slow_engine.stats["handwritten_decodes"] == slow_engine.stats["handwritten_prefills"] == 0
     if arch == "gpt2":
-        assert fast_engine.fast_decode is None and fast_engine.stats["fast_decode_steps"] == 0
+        assert fast_engine.llama_runner is None and fast_engine.stats["handwritten_decodes"] == 0
     else:
-        assert fast_engine.stats["fast_decode_steps"] == fast_engine.stats["decode_steps"] > 0
+        assert fast_engine.stats["handwritten_decodes"] == fast_engine.stats["decode_steps"] > 0
         # the prefills (the first token's log-probability) ran the hand-written step too
-        assert fast_engine.stats["fast_prefills"] == slow_engine.stats["prefills"] > 0
+        assert fast_engine.stats["handwritten_prefills"] == slow_engine.stats["prefills"] > 0
         # the oneDNN-prepacked weights are in use (every matrix, q|k|v and gate|up fused) where oneDNN exists
         expected = packing_plan(dtype, torch.device("cpu"))
-        assert fast_engine.fast_decode.packing == expected
-        assert fast_engine.fast_decode.direct_sdpa == (attention == "sdpa")
-        assert fast_engine.fast_decode.direct_decode == (attention == "sdpa" and dtype == torch.float32)
-        packed = fast_engine.fast_decode.packed
+        assert fast_engine.llama_runner.packing == expected
+        assert fast_engine.llama_runner.direct_sdpa == (attention == "sdpa")
+        assert fast_engine.llama_runner.direct_decode == (attention == "sdpa" and dtype == torch.float32)
+        packed = fast_engine.llama_runner.packed
         assert all((key in packed) == (expected is not None) for key in ("lm_head", (0, "self_attn.qkv"),
                                                                          (0, "mlp.gate_up"), (0, "mlp.down_proj")))
     for a, b in zip(fast, slow):
@@ -188,7 +188,7 @@ def test_fast_decode_step_equals_the_transformers_forward(adapters, dtype, atten
 def test_packed_weight_memory_is_reported_and_can_be_turned_off():
     """The packed copies cost the decoder's weights and the head once more (fp32 on CPU with oneDNN); an engine
     built with packed_weights=False holds none and decodes the same tokens."""
-    from paratune.engine.packed_weights import packing_plan
+    from paratune.engine.runners.packed_weights import packing_plan
 
     model = tiny_model("llama")  # one engine per model (the engine installs its attention on the model)
     packed, plain = Engine(model, packed_weights=True), Engine(tiny_model("llama"), packed_weights=False)

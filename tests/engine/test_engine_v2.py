@@ -36,7 +36,7 @@ def test_a_join_or_a_leave_moves_no_other_row(para_dir):
     leaver = engine.add_request(Request(short, params=SamplingParams(max_tokens=2)))
     for _ in range(3):
         engine.step()
-    slot = next(s for s, r in engine.rows.items() if r is first)
+    slot = next(s for s, r in engine.scheduler.running.items() if r is first)
     filled = len(first.prompt_ids) + len(first.output_ids) - 1
     before = [k[slot, :, :filled].clone() for k in engine.cache.keys + engine.cache.values]
     assert leaver.finished  # it left ...
@@ -73,7 +73,7 @@ def test_skewed_load_stays_inside_the_allocation_and_loses_nothing(para_dir):
                  for i, p in enumerate(prompts(31, seed=4))]
     engine.generate(requests)
     assert all(r.finish_reason == "length" and len(r.output_ids) == 8 for r in requests)
-    assert engine.cache.bytes == allocated and not engine.rows
+    assert engine.cache.bytes == allocated and not engine.scheduler.running
 
 
 def test_packed_prefill_equals_one_request_at_a_time(para_dir):

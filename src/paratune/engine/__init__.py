@@ -1,7 +1,8 @@
 """Multi-tenant serving: one backbone, many PARA / LoRA / (IA)^3 adapters, continuous batching."""
 
-from .adapter_bank import AdapterBank, AdapterError
-from .engine import Engine
+from .adapters import AdapterError
+from .engine import Engine, NoFreeSlot
 from .request import Request, SamplingParams
+from .scoring import PromptScores
 
-__all__ = ["AdapterBank", "AdapterError", "Engine", "Request", "SamplingParams"]
+__all__ = ["AdapterError", "Engine", "NoFreeSlot", "PromptScores", "Request", "SamplingParams"]

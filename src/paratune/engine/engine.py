@@ -1,360 +1,137 @@
-"""The multi-tenant engine: one backbone, adapter tables, a slot KV cache, continuous batching.
+"""The multi-tenant engine: one backbone, many adapters, a slot KV cache, continuous batching.
 
     engine = Engine(model, tokenizer)
     engine.add_adapter("tenant-a", "adapters/a")      # PARA, LoRA or (IA)^3, PEFT format
     outputs = engine.generate([Request(ids, adapter="tenant-a", params=SamplingParams(max_tokens=32))])
 
-One ``step()``: a decode step for every running row, retire finished rows, then admit waiting requests that fit
-(a free KV slot, prompt + max_tokens within a slot, the step's prefill token budget) and prefill them together
-as one packed row, no prompt padded to another's length. Each PARA row's vectors are computed from its own
-prompt at every layer during that prefill, into its row of the delta tables; V is scaled before it is written
-to the cache. A decode step then feeds one token per row, in slot order, so the batch is usually a contiguous
-range of slots and every per-row tensor is a view.
+One request's walk (``step`` is the loop, on one screen below):
+1. ``add_request`` checks it (its adapter is loaded, prompt + max_tokens fit a KV slot), gives it a detokenizer
+   and, when seeded, its own generator, and queues it in the ``Scheduler``.
+2. A ``step`` first decodes the running rows (6), retires the finished ones (``Scheduler.retire`` frees the KV
+   slot, ``AdapterRegistry.leave`` zeroes the row's deltas), then ``Scheduler.admit`` takes waiting requests in
+   order while a slot is free and the KV and prefill token budgets allow; each joins its slot
+   (``AdapterRegistry.join``: an (IA)^3 row writes l - 1 into its delta rows).
+3. ``BatchBuilder.prefill`` packs the admitted prompts into one row, no padding: each prompt's KV slot,
+   positions and segment, and what its adapter asks (``AdapterRegistry.for_prefill``: the scaled segments,
+   the LoRA segments, the PARA rows).
+4. ``runner.prefill(batch)``: the hand-written Llama runner where it supports the step, else the transformers
+   runner. Before each layer the PARA rows' vectors are computed from their own prompt into their delta rows;
+   every projection is adapted through ``batch.adapters`` (``paratune.ops``); the KV cache writes each token at
+   (slot, position), V already scaled. Logits are kept at each prompt's last token.
+5. ``_sample``: ``batch.sampler`` draws a token per row on the device; one host transfer; each request appends
+   its token, detokenises incrementally and finishes on EOS, a stop string or max_tokens;
+   ``BatchBuilder.advance`` sets each row's next input token and position.
+6. Every later step, ``BatchBuilder.decode``: one token per running row in slot order (the KV a view of the
+   cache), the per-row adapter tensors reused until a row joins or leaves; ``runner.decode(batch)``: PARA and
+   (IA)^3 rows multiply by their deltas, LoRA rows gather A and B by table slot, base rows pass; then 5 again.
+7. ``step`` returns the (request, token) pairs; the async front streams them. When the request finishes, 2
+   retires it.
+Echo scoring (``score``) borrows a free slot for one prefill-kind batch that writes no KV (``runner.score``).
 """
 
 from __future__ import annotations
 
 import collections
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..para.arch import Site, resolve_sites
-from ..para.scaling import module_scales
-from .adapter_bank import AdapterBank, AdapterError, Ia3Adapter, LoraAdapter, ParaAdapter
-from .adapter_tables import LoraTables, ParaTables
+from .adapters import AdapterRegistry
+from .batch import Batch, BatchBuilder
 from .detokenize import engine_tokenizer, make_detokenizer
-from .fast_decode import FastDecode
-from .hooks import EngineHooks, StepRows
-from .kv_cache import ATTENTION_NAME, SlotKVCache, StepPlan, decode_mask
+from .kv_cache import SlotKVCache
 from .request import Request, SamplingParams
-from .sampler import Sampler
+from .runners import HFRunner, LlamaRunner, Runner
+from .sampler import seeded_generator
+from .scheduler import NoFreeSlot, Scheduler
+from .scoring import PromptScores, prompt_scores
 
 DEFAULT_MAX_SEQ_LEN = 2048
 
-
-class NoFreeSlot(RuntimeError):
-    """Every KV slot is taken (``Engine.prompt_logits`` needs one for the scoring row's adapter deltas)."""
+__all__ = ["DEFAULT_MAX_SEQ_LEN", "Engine", "NoFreeSlot"]
 
 
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
-                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096, fast_decode: bool = True,
+                 max_seq_len: int | None = None, max_prefill_tokens: int = 4096, handwritten: bool = True,
                  packed_weights: bool = True):
         """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
         are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
         ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
-        ``max_prefill_tokens`` caps the prompt tokens prefilled in one step (a longer prompt runs alone), so a
-        burst of long prompts does not stall the running streams for long. ``packed_weights``: the decode step
-        uses oneDNN-prepacked weights where they pay on this device and dtype (``engine/packed_weights.py``)."""
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        ``max_prefill_tokens`` caps the prompt tokens prefilled in one step (a longer prompt runs alone).
+        ``handwritten``: Llama-family models run through the hand-written runner (``runners/llama.py``);
+        ``packed_weights``: it uses oneDNN-prepacked weights where they pay on this device and dtype."""
+        self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config.get_text_config()
         _refuse_sliding_window(model)
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len or min(getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ_LEN,
                                               DEFAULT_MAX_SEQ_LEN)
-        self.kv_budget_tokens = kv_budget_tokens
-        self.max_prefill_tokens = max_prefill_tokens
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.bank = AdapterBank(model)
-        self.para = ParaTables(len(self.bank.layers), config.hidden_size, torch.float32 if self.dtype in (
-            torch.float16, torch.bfloat16) else self.dtype, self.device)
-        self.lora = LoraTables(self.dtype, self.device)
-        self.hooks = EngineHooks(model, max_batch, self.lora)
+        self.scheduler = Scheduler(max_batch, self.max_seq_len, kv_budget_tokens, max_prefill_tokens)
+        self.registry = AdapterRegistry(model, max_batch, self.dtype, self.device)
         self.cache = SlotKVCache(_kv_shapes(model), max_batch, self.max_seq_len, self.dtype, self.device)
-        _use_slot_attention(model, self.cache)
-        # Llama-family models decode through a hand-written step (no module machinery, no hooks); others, and
-        # any step it does not cover, through the transformers forward.
-        self.fast_decode = FastDecode.build(model, self.hooks, self.cache, packed=packed_weights) if fast_decode else None
+        self.batches = BatchBuilder(max_batch, self.registry, self.dtype, self.device)
+        self.hf_runner = HFRunner(model, self.cache)  # any architecture, and any step the other does not cover
+        self.llama_runner = LlamaRunner.build(model, self.cache, packed=packed_weights) if handwritten else None
         self.kv_cache_bytes = self.cache.bytes
-        # the decode step's oneDNN-packed copies of the weights (0 where nothing is packed)
-        self.packed_weight_bytes = self.fast_decode.packed.bytes if self.fast_decode is not None else 0
-        self.waiting: collections.deque[Request] = collections.deque()
-        self.rows: dict[int, Request] = {}  # KV slot -> running request
-        self._free = list(range(max_batch))
-        self._positions = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # next position per slot
-        self._next_tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        self._scaled: dict[int, list[tuple[int, str]]] = {}  # slot -> delta tables its row uses
+        # the hand-written runner's oneDNN-packed copies of the weights (0 where nothing is packed)
+        self.packed_weight_bytes = self.llama_runner.packed.bytes if self.llama_runner is not None else 0
         self.eos_ids = _eos_ids(model, tokenizer)
-        self.sampler = Sampler(self.device)  # the running rows' sampling parameters, rebuilt on join/leave
-        self._layout: _DecodeLayout | None = None
         self._detokenizer_backend = engine_tokenizer(tokenizer)
         self.stats = collections.Counter()
-        self._dropped: list[Request] = []  # finished without running (cancelled while queued)
-        self._sites: dict[tuple[int, tuple[str, ...]], dict[str, Site]] = {}
 
-    # ----- adapters ---------------------------------------------------------------------------------------
-    def add_adapter(self, name: str, path: str | Path) -> str:
-        kind = self.bank.add(name, path)
-        adapter = self.bank.adapters[name]
-        try:
-            if isinstance(adapter, ParaAdapter):
-                for index in adapter.generators:
-                    for site in self._layer_sites(index, adapter.config.targets).values():
-                        self.hooks.hook_site(index, site)
-                adapter.slot = self.para.add(name, adapter.generators)
-                # The tables hold the weights now: keep only the layer indices. Thousands of adapters' modules
-                # kept alive were ~10^5 long-lived objects that every full garbage collection walked.
-                adapter.generators = dict.fromkeys(adapter.generators)
-            elif isinstance(adapter, LoraAdapter):
-                for path_ in adapter.weights:
-                    self.hooks.hook_lora(path_)
-                adapter.slot = self.lora.add(name, adapter.scaling, adapter.weights)
-                adapter.weights = None  # the table holds them now
-            else:
-                adapter.sites = [self._ia3_site(p, v, side) for p, (v, side) in adapter.vectors.items()]
-                for index, site in adapter.sites:
-                    self.hooks.hook_site(index, site)
-        except Exception:
-            self.bank.remove(name)
-            raise
-        return kind
-
-    def remove_adapter(self, name: str) -> None:
-        """Unload an adapter. Running requests of it must have finished (the async front waits for them)."""
-        adapter = self.bank.adapters.get(name)
-        self.bank.remove(name)
-        if isinstance(adapter, ParaAdapter):
-            self.para.remove(name)
-        elif isinstance(adapter, LoraAdapter):
-            self.lora.remove(name)
-
-    def _layer_sites(self, index: int, targets) -> dict[str, Site]:
-        key = (index, tuple(targets))
-        if key not in self._sites:  # resolving is ~0.1 ms a layer: once per (layer, targets), not per prefill
-            self._sites[key] = resolve_sites(self.model, self.bank.layers[index], list(targets))
-        return self._sites[key]
-
-    def _ia3_site(self, path: str, vector: torch.Tensor, side: str) -> tuple[int, Site]:
-        prefix = self.bank.layers_path + "."
-        if not path.startswith(prefix):
-            raise AdapterError(f"(IA)^3 on {path!r} (outside the decoder layers) is not served")
-        index, _, inner = path[len(prefix):].partition(".")
-        return int(index), Site(inner, side, 0, vector.numel())
-
-    # ----- requests ---------------------------------------------------------------------------------------
-    def add_request(self, request: Request) -> Request:
-        if request.adapter is not None and request.adapter not in self.bank.adapters:
-            raise KeyError(f"unknown adapter {request.adapter!r}; loaded: {sorted(self.bank.adapters)}")
-        if not request.prompt_ids:
-            raise ValueError("a request needs at least one prompt token")
-        if request.reserved_tokens > self.max_seq_len:
-            raise ValueError(f"request needs {request.reserved_tokens} KV tokens (prompt + max_tokens) but a KV "
-                             f"slot holds {self.max_seq_len} (max_seq_len)")
-        if self.kv_budget_tokens is not None and request.reserved_tokens > self.kv_budget_tokens:
-            raise ValueError(f"request needs {request.reserved_tokens} KV tokens (prompt + max_tokens) but the "
-                             f"budget is {self.kv_budget_tokens}")
-        if request.params.seed is not None:  # on the logits' device: a CPU generator cannot drive CUDA sampling
-            request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
-        request.detokenizer = make_detokenizer(self._detokenizer_backend, self.tokenizer, request.params.stop)
-        self.waiting.append(request)
-        return request
-
-    def pop_dropped(self) -> list[Request]:
-        dropped, self._dropped = self._dropped, []
-        return dropped
-
-    def cancel(self, request: Request) -> None:
-        request.finish_reason = request.finish_reason or "cancelled"
-        if request in self.waiting:
-            self.waiting.remove(request)
-
-    def abort_all(self, reason: str = "error") -> list[Request]:
-        """Finish every running and waiting request with ``reason`` and free their slots (after a failed step)."""
-        aborted = [self.rows[s] for s in sorted(self.rows)] + list(self.waiting)
-        for request in aborted:
-            request.finish_reason = reason
-        self.waiting.clear()
-        self._retire()
-        return aborted
-
-    @property
-    def running(self) -> list[Request]:
-        return [self.rows[s] for s in sorted(self.rows)]
-
-    def reserved_tokens(self) -> int:
-        return sum(r.reserved_tokens for r in self.rows.values())
-
-    def has_work(self) -> bool:
-        return bool(self.waiting) or bool(self.rows)
-
-    def generate(self, requests: list[Request]) -> list[Request]:
-        """Run ``requests`` to completion (they join as capacity allows); returns them in the same order."""
-        for request in requests:
-            self.add_request(request)
-        while self.has_work():
-            self.step()
-        return requests
-
-    @torch.inference_mode()
-    def prompt_logits(self, ids: list[int], adapter: str | None, context: int | None = None) -> torch.Tensor:
-        """Logits (T, vocab) in fp32 of every position of ``ids`` under ``adapter``, from one forward that writes
-        no KV (echo scoring, lm-eval over HTTP). Call it between steps (the async front runs it on the engine
-        thread). A PARA adapter pools tokens [0, context) only, never the scored continuation after it. The
-        scoring row borrows a free slot for its adapter deltas and gives it back at once."""
-        if adapter is not None and adapter not in self.bank.adapters:
-            raise KeyError(f"unknown adapter {adapter!r}; loaded: {sorted(self.bank.adapters)}")
-        if not self._free:
-            raise NoFreeSlot("every KV slot is running a request; score again when one finishes")
-        length, context = len(ids), len(ids) if context is None else context
-        scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
-        self._free.sort()
-        slot = self._free.pop(0)
-        saved_plan = self.cache.plan
-        positions = torch.arange(length, device=self.device)
-        plan = StepPlan("prefill", torch.full((length,), slot, device=self.device), positions,
-                        segments=[(0, length)])
-        pooled = StepPlan("prefill", plan.slots[:context], positions[:context], segments=[(0, context)])
-        try:
-            self._join([slot], [scratch])
-            self.cache.plan = plan
-            self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill([scratch], plan.segments),
-                                       segments=self._scaled_segments([scratch], [slot], plan.segments))
-            self.hooks.on_prefill_layer = self._para_prefill([scratch], [slot], pooled)
-            return self.model(input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None],
-                              attention_mask=_NO_MASK(self), use_cache=False).logits[0].float()
-        finally:
-            self.hooks.on_prefill_layer = None
-            self.hooks.step = None
-            self.cache.plan = saved_plan
-            scratch.finish_reason = "length"
-            self._retire()  # zeroes the slot's deltas and frees it
-
-    # ----- the loop -----------------------------------------------------------------------------------
+    # ----- the loop -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
         """One decode step for the running rows, retire, admit + prefill. Returns the (request, token) pairs."""
-        produced = self._decode() if self.rows else []
+        produced = self._decode() if self.scheduler.running else []
         self._retire()
-        admitted = self._admit()
+        admitted = self.scheduler.admit(self._servable)
         if admitted:
             produced += self._prefill(admitted)
             self._retire()
         return produced
 
-    def _retire(self) -> None:
-        for slot in [s for s, r in self.rows.items() if r.finished]:
-            del self.rows[slot]
-            for key in self._scaled.pop(slot, ()):  # zero the row's deltas: the next owner starts clean
-                self.hooks.deltas[key][slot].zero_()
-                self.hooks.users[key] -= 1
-            self._free.append(slot)
-
-    def _admit(self) -> list[Request]:
-        admitted, reserved, prompt_tokens = [], self.reserved_tokens(), 0
-        while self.waiting and len(admitted) < len(self._free):
-            request = self.waiting[0]
-            if request.adapter is not None and request.adapter not in self.bank.adapters:
-                request.finish_reason = "cancelled"  # its adapter was unloaded while it waited
-            if request.finished:  # cancelled while waiting
-                self._dropped.append(self.waiting.popleft())
-                continue
-            if self.kv_budget_tokens is not None and reserved + request.reserved_tokens > self.kv_budget_tokens:
-                break  # wait for running requests to free budget
-            if admitted and prompt_tokens + len(request.prompt_ids) > self.max_prefill_tokens:
-                break  # next step: the running rows decode in between
-            admitted.append(self.waiting.popleft())
-            reserved += request.reserved_tokens
-            prompt_tokens += len(request.prompt_ids)
-        return admitted
-
-    def _prefill(self, requests: list[Request]) -> list[tuple[Request, int]]:
-        """One forward over the admitted prompts packed into a single row (per-prompt attention)."""
-        start = time.perf_counter()
-        self._free.sort()
-        slots = [self._free.pop(0) for _ in requests]
-        lengths = [len(r.prompt_ids) for r in requests]
-        ids = torch.tensor([t for r in requests for t in r.prompt_ids], device=self.device)[None]
-        plan = self.cache.plan_prefill(slots, lengths, self.device)
-        ends = torch.tensor(lengths, device=self.device).cumsum(0)
-        self._join(slots, requests)
-        self.hooks.step = StepRows("prefill", plan.slots, lora=self._lora_rows_prefill(requests, plan.segments),
-                                   segments=self._scaled_segments(requests, slots, plan.segments))
-        self.hooks.on_prefill_layer = self._para_prefill(requests, slots, plan)
-        try:
-            logits = None
-            if self.fast_decode is not None:  # the hand-written step, with the decode step's packed weights
-                logits = self.fast_decode.prefill(ids[0], plan.positions, ends - 1, self.hooks.step)
-                self.stats["fast_prefills"] += logits is not None
-            if logits is None:
-                logits = self.model(input_ids=ids, position_ids=plan.positions[None], attention_mask=_NO_MASK(self),
-                                    past_key_values=self.cache, use_cache=True, logits_to_keep=ends - 1).logits[0]
-        finally:
-            self.hooks.on_prefill_layer = None
-            self.hooks.step = None
-        sampler = Sampler(self.device)
-        sampler.set_rows([r.params for r in requests], [r.generator for r in requests])
-        tokens = self._record(requests, *sampler(logits))
-        slot_index = torch.tensor(slots, device=self.device)
-        self._positions[slot_index] = torch.tensor(lengths, device=self.device)
-        self._next_tokens[slot_index] = tokens
-        self.stats["prefill_seconds"] += time.perf_counter() - start
-        self.stats["prefill_tokens"] += sum(lengths)
-        self.stats["prefills"] += 1
-        return [(r, r.output_ids[-1]) for r in requests]
-
     def _decode(self) -> list[tuple[Request, int]]:
         start = time.perf_counter()
-        layout = self._decode_layout()
-        rows, (lo, hi), index = layout.rows, layout.view, layout.index
-        positions = self._positions[lo:hi] if index is None else self._positions[index]
-        tokens = self._next_tokens[lo:hi] if index is None else self._next_tokens[index]
-        longest = max(len(r.prompt_ids) + len(r.output_ids) for r in rows)  # host-side: no sync
-        self.cache.plan = layout.plan  # the layout's plan, with this step's positions and attended length
-        layout.plan.positions, layout.plan.length = positions, longest
-        mask = decode_mask(self._positions[lo:hi] + 1, longest, self.dtype)
-        self.hooks.step = layout.step
-        try:
-            logits = None
-            if self.fast_decode is not None:
-                logits = self.fast_decode(tokens, positions, mask, layout.step)
-                self.stats["fast_decode_steps"] += logits is not None
-            if logits is None:
-                logits = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
-                                    attention_mask=mask, past_key_values=self.cache, use_cache=True).logits[:, -1]
-        finally:
-            self.hooks.step = None
-        new = self._record(rows, *self.sampler(logits))
-        if index is None:
-            self._positions[lo:hi] += 1
-            self._next_tokens[lo:hi] = new
-        else:
-            self._positions[index] += 1
-            self._next_tokens[index] = new
-        self.stats["decode_seconds"] += time.perf_counter() - start
-        self.stats["decode_steps"] += 1
-        self.stats["decode_tokens"] += len(rows)
-        return [(r, r.output_ids[-1]) for r in rows]
+        batch = self.batches.decode(self.scheduler.running)
+        logits = self._runner(batch, "decode").decode(batch)
+        return self._advance(batch, logits, "decode", start)
 
-    def _decode_layout(self) -> "_DecodeLayout":
-        """Everything about a decode step that depends only on which requests run, rebuilt on a join or a
-        leave, not every step: slot order, the view, index tensors, LoRA rows, the sampler's parameters."""
-        slots = sorted(self.rows)
-        key = tuple((s, self.rows[s].id) for s in slots)
-        if self._layout is not None and self._layout.key == key:
-            return self._layout
-        rows = [self.rows[s] for s in slots]
-        lo, hi = slots[0], slots[-1] + 1
-        index = None if hi - lo == len(slots) else torch.tensor(slots, device=self.device)
-        plan = self.cache.plan_decode(slots, self._positions[:0], 0, self.device)
-        view = (lo, hi) if index is None else None
-        step = StepRows("decode", plan.slots, view=view, lora=self._lora_rows_decode(rows),
-                        views=self.hooks.decode_views(view, index))
-        self.sampler.set_rows([r.params for r in rows], [r.generator for r in rows])
-        self._layout = _DecodeLayout(key, rows, (lo, hi), index, plan, step)
-        return self._layout
+    def _prefill(self, admitted: list[tuple[int, Request]]) -> list[tuple[Request, int]]:
+        start = time.perf_counter()
+        for slot, request in admitted:
+            self.registry.join(slot, request)
+        batch = self.batches.prefill([r for _, r in admitted], [s for s, _ in admitted])
+        logits = self._runner(batch, "prefill").prefill(batch)
+        return self._advance(batch, logits, "prefill", start)
 
-    def _record(self, requests: list[Request], tokens: torch.Tensor, logprobs: torch.Tensor | None) -> torch.Tensor:
-        """Append each row's new token (one host transfer for the whole step), extend its text, finish it on
-        EOS, a stop string or its token limit. Returns the tokens, still on the device, for the next step."""
+    def _advance(self, batch: Batch, logits: torch.Tensor, kind: str, start: float) -> list[tuple[Request, int]]:
+        self.batches.advance(batch, self._sample(batch, logits))
+        self.stats[f"{kind}_seconds"] += time.perf_counter() - start
+        self.stats["prefills" if kind == "prefill" else "decode_steps"] += 1
+        self.stats[f"{kind}_tokens"] += len(batch.input_ids)
+        return [(r, r.output_ids[-1]) for r in batch.requests]
+
+    def _servable(self, request: Request) -> bool:
+        return request.adapter is None or request.adapter in self.registry
+
+    def _runner(self, batch: Batch, kind: str) -> Runner:
+        if self.llama_runner is not None and self.llama_runner.supports(batch):
+            self.stats[f"handwritten_{kind}s"] += 1
+            return self.llama_runner
+        return self.hf_runner
+
+    def _sample(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (one host transfer for the whole step): append it, extend the text, finish the
+        request on EOS, a stop string or its token limit. Returns the tokens, still on the device."""
+        tokens, logprobs = batch.sampler(logits)
         values = tokens.tolist()
         chosen = logprobs.tolist() if logprobs is not None else None
-        for row, (request, token) in enumerate(zip(requests, values)):
+        for row, (request, token) in enumerate(zip(batch.requests, values)):
             request.output_ids.append(token)
             if request.params.logprobs:
                 request.logprobs.append(chosen[row])
@@ -370,101 +147,95 @@ class Engine:
                 request.finish_reason = "length"
         return tokens
 
-    # ----- per-row adapter state ----------------------------------------------------------------------
-    def _join(self, slots: list[int], requests: list[Request]) -> None:
-        """New rows take their slots: (IA)^3 rows write l - 1 into their delta rows now, PARA rows during the
-        prefill; the tables a row uses are counted so that modules no running row scales are skipped."""
-        for slot, request in zip(slots, requests):
-            self.rows[slot] = request
-            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
-            used = []
-            if isinstance(adapter, Ia3Adapter):
-                for (index, site), (vector, _) in zip(adapter.sites, adapter.vectors.values()):
-                    key = (index, site.module)
-                    self.hooks.deltas[key][slot] = (vector - 1).to(self.dtype)
-                    used.append(key)
-            elif isinstance(adapter, ParaAdapter):
-                for index in adapter.generators:
-                    used += [(index, s.module) for s in self._layer_sites(index, adapter.config.targets).values()]
-            for key in dict.fromkeys(used):
-                self.hooks.users[key] += 1
-            self._scaled[slot] = list(dict.fromkeys(used))
+    def _retire(self) -> None:
+        for slot in self.scheduler.retire():
+            self.registry.leave(slot)  # zero the row's deltas: the slot's next owner starts clean
 
-    def _lora_rows_decode(self, rows: list[Request]) -> dict:
-        by_module: dict[str, tuple[list[int], list[int]]] = {}
-        for i, request in enumerate(rows):
-            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
-            if isinstance(adapter, LoraAdapter):
-                for path in self.lora.modules_of[request.adapter]:
-                    index, slots = by_module.setdefault(path, ([], []))
-                    index.append(i)
-                    slots.append(adapter.slot)
-        return {p: (torch.tensor(i, device=self.device), torch.tensor(s, device=self.device))
-                for p, (i, s) in by_module.items()}
+    # ----- requests -------------------------------------------------------------------------------------------
+    def add_request(self, request: Request) -> Request:
+        self._check_adapter(request.adapter)
+        self.scheduler.check(request)
+        request.generator = seeded_generator(request.params, self.device)
+        request.detokenizer = make_detokenizer(self._detokenizer_backend, self.tokenizer, request.params.stop)
+        self.scheduler.add(request)
+        return request
 
-    def _lora_rows_prefill(self, requests: list[Request], segments) -> dict:
-        by_module: dict[str, list[tuple[int, int, int]]] = {}
-        for request, (start, end) in zip(requests, segments):
-            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
-            if isinstance(adapter, LoraAdapter):
-                for path in self.lora.modules_of[request.adapter]:
-                    by_module.setdefault(path, []).append((start, end, adapter.slot))
-        return by_module
+    def generate(self, requests: list[Request]) -> list[Request]:
+        """Run ``requests`` to completion (they join as capacity allows); returns them in the same order."""
+        for request in requests:
+            self.add_request(request)
+        while self.has_work():
+            self.step()
+        return requests
 
-    def _scaled_segments(self, requests: list[Request], slots: list[int], segments) -> list[tuple[int, int, int]]:
-        """(start, end, KV slot) of the prompts whose adapter scales sites (PARA, (IA)^3)."""
-        out = []
-        for request, slot, (start, end) in zip(requests, slots, segments):
-            adapter = self.bank.adapters.get(request.adapter) if request.adapter else None
-            if isinstance(adapter, (ParaAdapter, Ia3Adapter)):
-                out.append((start, end, slot))
-        return out
+    def cancel(self, request: Request) -> None:
+        self.scheduler.cancel(request)
 
-    def _para_prefill(self, requests: list[Request], slots: list[int], plan):
-        """The prefill's per-layer callback: every PARA row's vectors, from its own prompt, in one batched
-        computation over the adapter tables, written into the row's delta rows before the layer runs."""
-        members = [i for i, r in enumerate(requests)
-                   if r.adapter is not None and isinstance(self.bank.adapters.get(r.adapter), ParaAdapter)]
-        if not members:
-            return None
-        adapters = [self.bank.adapters[requests[i].adapter] for i in members]
-        table_slots = [a.slot for a in adapters]
-        kv_slots = torch.tensor([slots[i] for i in members], device=self.device)
-        spans = [plan.segments[i] for i in members]
-        if all(spans[j][1] == spans[j + 1][0] for j in range(len(spans) - 1)):  # one contiguous run: a view
-            token_index = slice(spans[0][0], spans[-1][1])
-        else:
-            token_index = torch.cat([torch.arange(*span, device=self.device) for span in spans])
-        segments = torch.cat([torch.full((plan.segments[i][1] - plan.segments[i][0],), j, device=self.device)
-                              for j, i in enumerate(members)])
+    def abort_all(self, reason: str = "error") -> list[Request]:
+        """Finish every running and waiting request with ``reason`` and free their slots (after a failed step)."""
+        aborted = self.scheduler.abort_all(reason)
+        self._retire()
+        return aborted
 
-        def compute(index: int, hidden: torch.Tensor) -> None:
-            if not self.para.targets[index]:
-                return
-            vectors = self.para.vectors(index, hidden[0, token_index], segments, table_slots)
-            sites = self._layer_sites(index, list(vectors))
-            for path, delta in module_scales(self.bank.layers[index], sites, vectors, self.dtype).items():
-                key = (index, path)
-                if key in self.hooks.deltas:
-                    self.hooks.deltas[key][kv_slots] = delta[:, 0]
+    def pop_dropped(self) -> list[Request]:
+        """Requests that finished without running (cancelled while queued, or their adapter was unloaded)."""
+        return self.scheduler.pop_dropped()
 
-        return compute
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
 
+    @property
+    def running(self) -> list[Request]:
+        return [self.scheduler.running[s] for s in sorted(self.scheduler.running)]
 
-@dataclass
-class _DecodeLayout:
-    key: tuple
-    rows: list[Request]
-    view: tuple[int, int]
-    index: torch.Tensor | None  # slot indices when the rows are not a contiguous range
-    plan: object
-    step: StepRows
+    @property
+    def waiting(self):
+        return self.scheduler.waiting
 
+    def reserved_tokens(self) -> int:
+        return self.scheduler.reserved_tokens()
 
-def _NO_MASK(engine: Engine) -> torch.Tensor:
-    """A 4-D placeholder: transformers then skips building its own mask; slot_attention builds per-prompt
-    causal masks itself at prefill."""
-    return torch.zeros(1, 1, 1, 1, dtype=engine.dtype, device=engine.device)
+    # ----- echo scoring -------------------------------------------------------------------------------------
+    def score(self, ids: list[int], adapter: str | None, context: int | None = None, top_k: int = 0,
+              next_params: SamplingParams | None = None) -> PromptScores:
+        """Every prompt token's log-probability under ``adapter`` (echo scoring; a PARA adapter pools tokens
+        [0, context) only), its ``top_k`` alternatives, and with ``next_params`` the next token sampled from the
+        same forward. Call it between steps (the async front runs it on the engine thread)."""
+        return prompt_scores(self.prompt_logits(ids, adapter, context), ids, top_k, next_params)
+
+    @torch.inference_mode()
+    def prompt_logits(self, ids: list[int], adapter: str | None, context: int | None = None) -> torch.Tensor:
+        """Logits (T, vocab) in fp32 of every position of ``ids`` under ``adapter``, from one forward that writes
+        no KV. The scoring row borrows a free KV slot for its adapter deltas and gives it back at once."""
+        self._check_adapter(adapter)
+        slot = self.scheduler.borrow()
+        scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
+        try:
+            self.registry.join(slot, scratch)
+            batch = self.batches.score(scratch, slot, len(ids) if context is None else context)
+            return self._runner(batch, "score").score(batch).float()
+        finally:
+            self.registry.leave(slot)
+            self.scheduler.give_back(slot)
+
+    # ----- adapters -------------------------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str | Path) -> str:
+        """Load the PEFT adapter folder at ``path`` under ``name``; returns its kind (PARA, LORA or IA3)."""
+        adapter = self.registry.add(name, path)
+        self.hf_runner.watch(adapter, self.registry.deltas)
+        return adapter.kind
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload an adapter. Running requests of it must have finished (the async front waits for them)."""
+        self.registry.remove(name)
+
+    def adapters(self) -> dict[str, str]:
+        """{name: kind} of the loaded adapters (kind: PARA, LORA or IA3). Call it on the engine thread."""
+        return self.registry.kinds()
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.registry:
+            raise KeyError(f"unknown adapter {adapter!r}; loaded: {sorted(self.registry.adapters)}")
 
 
 def _kv_shapes(model) -> list[tuple[int, int]]:
@@ -486,21 +257,6 @@ def _kv_shapes(model) -> list[tuple[int, int]]:
         model(input_ids=torch.ones(1, 1, dtype=torch.long, device=parameter.device), past_key_values=Probe(),
               attention_mask=torch.zeros(1, 1, 1, 1, dtype=parameter.dtype, device=parameter.device), use_cache=True)
     return shapes
-
-
-def _use_slot_attention(model, cache: SlotKVCache) -> None:
-    """Route the model's attention through ``slot_attention``, which wraps the model's own implementation."""
-    inner = model.config._attn_implementation or "eager"
-    if inner == ATTENTION_NAME:  # a second engine on the same model: keep the original implementation
-        inner = getattr(model, "_paratune_inner_attention")
-    model._paratune_inner_attention = inner
-    for module in model.modules():
-        if hasattr(module, "layer_idx") and any(n in type(module).__name__ for n in ("Attention", "Attn")):
-            module._paratune_cache = cache
-            module._paratune_inner_attention = inner
-            module._paratune_eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        config._attn_implementation = ATTENTION_NAME
 
 
 def _refuse_sliding_window(model) -> None:

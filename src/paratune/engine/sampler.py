@@ -42,6 +42,14 @@ def truncated_distribution(
     return torch.softmax(torch.empty_like(scores).scatter_(1, order, ordered), dim=-1)
 
 
+def seeded_generator(params: SamplingParams, device) -> torch.Generator | None:
+    """A request's own random stream when it sets a seed (None: the global one). On the logits' device: a CPU
+    generator cannot drive CUDA sampling."""
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
+
+
 class Sampler:
     """Samples one token per row of a step's logits; the rows' parameters are set when the batch changes."""
 

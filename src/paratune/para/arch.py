@@ -32,7 +32,6 @@ out as [heads, 3, head_dim]), ``width // block`` blocks of ``block`` features, t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
@@ -40,37 +39,8 @@ import torch
 from torch import nn
 
 from .config import TARGETS
-
-
-@dataclass(frozen=True)
-class Site:
-    module: str  # path of the projection inside the decoder layer
-    side: str  # "output": scale the module's output; "input": scale its first input
-    start: int  # offset of this target inside the last dimension (fused projections)
-    width: int
-    # Total scaled features of the module's tensor (its last dims flattened: a per-head q_norm's output is
-    # (B, T, heads, head_dim)); None: read from the module (``module_features``).
-    features: int | None = None
-    # Interleaved layouts only: the target is width // block blocks of ``block`` features, repeating every
-    # ``stride`` features from ``start``. None: the contiguous slice [start, start + width).
-    block: int | None = None
-    stride: int | None = None
-
-    def indices(self) -> torch.Tensor:
-        """Positions of this target's features in the module's (flattened) last dimension, in vector order."""
-        if self.block is None:
-            return torch.arange(self.start, self.start + self.width)
-        blocks = torch.arange(self.width // self.block) * self.stride + self.start
-        return (blocks[:, None] + torch.arange(self.block)).reshape(-1)
-
-
-def place_delta(site: Site, delta: torch.Tensor, features: int, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """A target's delta (B, width) -> the delta of its whole module (B, features): the target's positions get
-    ``delta``, the others keep ``previous`` (another target of the same fused module) or 0. This is the layout
-    contract ``scaling.module_scales`` must follow; it covers contiguous and interleaved sites alike."""
-    full = delta.new_zeros(delta.shape[0], features) if previous is None else previous.to(delta.dtype).clone()
-    full[:, site.indices().to(delta.device)] = delta
-    return full
+from .scaling import SiteScaler, module_scales
+from .site import Site, UnsupportedModelError, module_features, place_delta  # noqa: F401 (re-exported)
 
 
 SiteResolver = Callable[[nn.Module, object], Site]
@@ -214,18 +184,6 @@ def supported_families() -> str:
         "fc2/dense_4h_to_h (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3, OLMo2, Starcoder2, OPT, Qwen2-MoE "
         "shared expert, ...), and fused q/k/v layouts for " + ", ".join(sorted(ARCHITECTURES))
     )
-
-
-class UnsupportedModelError(ValueError):
-    pass
-
-
-def module_features(module: nn.Module, side: str) -> int:
-    if hasattr(module, "in_features"):  # nn.Linear
-        return module.out_features if side == "output" else module.in_features
-    if hasattr(module, "nf"):  # transformers' Conv1D (GPT-2): weight is (in, out)
-        return module.nf if side == "output" else module.weight.shape[0]
-    raise UnsupportedModelError(f"cannot read the width of {type(module).__name__}")
 
 
 def _is_projection(module: nn.Module) -> bool:
@@ -422,8 +380,6 @@ def _check_scaler_places(site: Site) -> None:
     """An interleaved site is only as right as the scaler's placement of it: ask ``module_scales`` to place a
     probe vector and compare with ``place_delta`` (once per site), so a scaler that only knows contiguous slices
     refuses these models instead of scaling the wrong features."""
-    from .scaling import module_scales  # scaling imports this module
-
     probe = torch.arange(1, site.width + 1, dtype=torch.float32)[None]
     try:
         placed = module_scales(nn.Module(), {"t": site}, {"t": probe}, torch.float32)[site.module][:, 0]
@@ -448,8 +404,6 @@ def _require_flattened_rows(who: str) -> None:
 def _scaler_scales_flattened_rows() -> bool:
     """Whether SiteScaler's hooks scale a (batch * positions, features) tensor row by row: hook a stand-in
     module, give it two rows' deltas and feed it 2 x 2 flattened positions."""
-    from .scaling import SiteScaler  # scaling imports this module
-
     layer = nn.Module()
     layer.proj = nn.Identity()
     scaler = SiteScaler(layer)

@@ -2,12 +2,8 @@
 
 This is the only thing PARA does at decode time. ``SiteScaler`` owns the hooks of one decoder layer and the
 current per-row deltas (one tensor per hooked module, shape (B, 1, features)), which the PEFT ``ParaLayer``
-computes at prefill and assigns to ``scales``. (The serving engine has its own hooks over per-slot delta tables,
-``engine/hooks.py``, and shares ``apply_delta``'s arithmetic and ``module_scales``'s layout.)
-
-A scaling vector l = 1 + delta is applied as ``out + out * delta`` (one fused ``addcmul``, computed in fp32
-and rounded once), never as ``out * (1 + delta)``: in bf16, 1 + 0.001 rounds to exactly 1 and 1 + 0.005 to
-1.0078, so the adaptation, which lives entirely in delta, was lost or distorted before it reached the output.
+computes at prefill and assigns to ``scales``. (The serving engine hooks per-slot delta tables instead, and shares ``module_scales``'s layout and
+``paratune.ops``'s arithmetic, ``x + x * delta``, with this module.)
 """
 
 from __future__ import annotations
@@ -17,7 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .arch import Site, module_features, place_delta
+from ..ops import scaled
+from .site import Site, module_features, place_delta
 
 
 def module_scales(
@@ -42,13 +39,11 @@ def apply_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``x * (1 + delta)`` as ``x + x * delta``; delta (B, 1, features) broadcasts over positions. A module
     whose output keeps a head axis (B, T, H, D), e.g. Qwen3's per-head q_norm, gets delta viewed as (B, 1, H, D);
     one that sees flattened rows (B * T, features), e.g. an MoE block's shared expert, is viewed as (B, T, F)."""
-    delta = delta.to(x.dtype)
     if x.shape[-1] != delta.shape[-1] and x.dim() == 4:
         delta = delta.view(delta.shape[0], 1, *x.shape[-2:])
     elif x.dim() == 2 and delta.shape[0] > 0 and x.shape[0] % delta.shape[0] == 0:
-        rows = x.view(delta.shape[0], -1, x.shape[-1])
-        return torch.addcmul(rows, rows, delta).view_as(x)
-    return torch.addcmul(x, x, delta)
+        return scaled(x.view(delta.shape[0], -1, x.shape[-1]), delta).view_as(x)
+    return scaled(x, delta)
 
 
 class SiteScaler:

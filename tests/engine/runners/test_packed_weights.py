@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paratune.engine.packed_weights import PackedWeights, packing_plan
+from paratune.engine.runners.packed_weights import PackedWeights, packing_plan
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

@@ -1,21 +1,22 @@
-"""The adapter bank: loads PEFT-format PARA, LoRA and (IA)^3 adapters against one backbone and owns their
-weights until the engine writes them into its adapter tables (``adapter_tables.py``).
+"""Reading adapters: PEFT-format folders (``adapter_config.json`` + ``adapter_model.safetensors``) of PARA, LoRA
+and (IA)^3, checked against one backbone and turned into the kind objects of ``kinds.py``, which hold the
+weights until they are installed into the tables.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..para.arch import decoder_layers, resolve_sites
-from ..para.config import ParaConfig
-from ..para.generator import VectorGenerator
+from ...para.arch import decoder_layers, resolve_sites
+from ...para.config import ParaConfig
+from ...para.generator import VectorGenerator
+from .kinds import Adapter, Ia3Adapter, LoraAdapter, ParaAdapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -26,38 +27,17 @@ class AdapterError(ValueError):
     """An adapter that cannot be served: bad files, unsupported options, or a mismatch with the backbone."""
 
 
-@dataclass
-class ParaAdapter:
-    config: ParaConfig
-    generators: dict[int, VectorGenerator]  # layer index -> generator
+class Backbone:
+    """What reading an adapter needs to know of the model: its decoder layers, hidden size and device."""
 
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.layers_path, self.layers = decoder_layers(model)
+        self.config = model.config
+        self.device = next(model.parameters()).device
 
-@dataclass
-class LoraAdapter:
-    r: int
-    scaling: float
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (A (r, in), B (out, r))
-
-
-@dataclass
-class Ia3Adapter:
-    vectors: dict[str, tuple[torch.Tensor, str]]  # module path -> (vector, "output" | "input")
-
-
-@dataclass
-class AdapterBank:
-    model: nn.Module
-    adapters: dict[str, object] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.layers_path, self.layers = decoder_layers(self.model)
-        self.config = self.model.config
-
-    # ----- management --------------------------------------------------------------------------------
-    def add(self, name: str, path: str | Path) -> str:
-        """Load the adapter folder at ``path`` under ``name``; returns its kind (PARA, LORA or IA3)."""
-        if name in self.adapters:
-            raise AdapterError(f"an adapter named {name!r} is already loaded")
+    def read(self, name: str, path: str | Path) -> Adapter:
+        """The adapter folder at ``path``, loaded under ``name``, not yet installed."""
         path = Path(path)
         config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
         if not config_path.is_file():
@@ -71,24 +51,12 @@ class AdapterBank:
         kind = str(config.get("peft_type", "")).upper()
         if kind not in KINDS:
             raise AdapterError(f"{path}: peft_type {config.get('peft_type')!r} is not served; served: {list(KINDS)}")
-        weights = _strip_prefix(load_file(str(weights_path), device=str(self._device())))
+        weights = _strip_prefix(load_file(str(weights_path), device=str(self.device)))
         loader = {"PARA": self._load_para, "LORA": self._load_lora, "IA3": self._load_ia3}[kind]
-        self.adapters[name] = loader(path, config, weights)
-        return kind
-
-    def remove(self, name: str) -> None:
-        if name not in self.adapters:
-            raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
-        del self.adapters[name]
-
-    def kind(self, name: str) -> str:
-        return {ParaAdapter: "PARA", LoraAdapter: "LORA", Ia3Adapter: "IA3"}[type(self.adapters[name])]
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return loader(name, path, config, weights)
 
     # ----- loaders --------------------------------------------------------------------------------------
-    def _load_para(self, path: Path, config: dict, weights: dict) -> ParaAdapter:
+    def _load_para(self, name: str, path: Path, config: dict, weights: dict) -> ParaAdapter:
         config = {k: v for k, v in config.items() if k in ParaConfig.__dataclass_fields__}
         para_config = ParaConfig(**config)
         hidden = self.config.get_text_config().hidden_size
@@ -110,16 +78,16 @@ class AdapterBank:
             sites = resolve_sites(self.model, self.layers[index], para_config.targets)
             widths = {t: s.width for t, s in sites.items()}
             generator = VectorGenerator(hidden, para_config.r, widths, para_config.pooling,
-                                        para_config.activation, 0.0).to(self._device())
+                                        para_config.activation, 0.0).to(self.device)
             try:
                 generator.load_state_dict(state)
             except RuntimeError as error:
                 raise AdapterError(f"{path}: layer {index} does not fit this backbone "
                                    f"(hidden size {hidden}, widths {widths}): {error}") from None
             generators[index] = generator.eval().requires_grad_(False)
-        return ParaAdapter(para_config, generators)
+        return ParaAdapter(name, para_config, generators)
 
-    def _load_lora(self, path: Path, config: dict, weights: dict) -> LoraAdapter:
+    def _load_lora(self, name: str, path: Path, config: dict, weights: dict) -> LoraAdapter:
         for option, default in (("use_dora", False), ("bias", "none"), ("modules_to_save", None)):
             if config.get(option, default) not in (default, [], False):
                 raise AdapterError(f"{path}: LoRA option {option}={config[option]!r} is not served")
@@ -140,9 +108,9 @@ class AdapterBank:
                 raise AdapterError(f"{path}: LoRA tensors of {module_path} have shapes {tuple(a.shape)}, "
                                    f"{tuple(b.shape)} but the backbone module is {in_f} -> {out_f} (r={r})")
             out[module_path] = (a, b)
-        return LoraAdapter(r, scaling, out)
+        return LoraAdapter(name, r, scaling, out)
 
-    def _load_ia3(self, path: Path, config: dict, weights: dict) -> Ia3Adapter:
+    def _load_ia3(self, name: str, path: Path, config: dict, weights: dict) -> Ia3Adapter:
         feedforward = set(config.get("feedforward_modules") or [])
         vectors = {}
         for key, tensor in weights.items():
@@ -153,7 +121,7 @@ class AdapterBank:
             self._module(path, module_path)
             is_ff = any(module_path == f or module_path.endswith("." + f) for f in feedforward)
             vectors[module_path] = (tensor.reshape(-1), "input" if is_ff else "output")
-        return Ia3Adapter(vectors)
+        return Ia3Adapter(name, vectors)
 
     def _module(self, path: Path, module_path: str) -> nn.Module:
         try:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from paratune.engine.adapter_tables import LoraTables, ParaTables
+from paratune.engine.adapters.tables import LoraTables, ParaTables
 from paratune.para.generator import VectorGenerator
 
 D = 16

@@ -7,9 +7,7 @@ per-module tensors in the model's dtype; a batch carries only per-row slot indic
   prompt -> pooling query -> down (slots, r_max, d) + bias -> activation (per-slot rational coefficients) ->
   up, one table per target (slots, width, r_max). ``vectors`` computes the deltas of many prompts, each with
   its own adapter, in one batched computation per layer.
-* ``RowDeltas``: the per-row scaling deltas of each hooked module (KV slots, features): a PARA row's vectors
-  (written at its prefill), an (IA)^3 row's ``l - 1`` (written when it joins), zero otherwise, so a decode step
-  applies ``out + out * delta[rows]`` and rows without scaling are exactly unchanged.
+(The per-row deltas that PARA and (IA)^3 rows apply are not adapter weights: ``deltas.RowDeltas`` owns them.)
 
 Tables grow by doubling (one copy per doubling, not per request) and never copy weights per row.
 """
@@ -18,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ..para.generator import VectorGenerator
-from ..para.rational import rational
+from ...para.config import TARGETS
+from ...para.generator import VectorGenerator
+from ...para.rational import rational
 
 POOLINGS = ("attention", "mean", "max", "last")
 
@@ -182,8 +181,6 @@ class ParaTables:
         return {target: torch.einsum("nr,nwr->nw", z, t[f"up_{target}"][slot_index]) for target in self._order(index)}
 
     def _order(self, index: int) -> list[str]:
-        from ..para.config import TARGETS
-
         return [target for target in TARGETS if target in self.targets[index]]
 
     @staticmethod
