@@ -199,3 +199,28 @@ def test_packed_weight_memory_is_reported_and_can_be_turned_off():
     outputs = [e.generate([Request([5, 6, 7], params=SamplingParams(max_tokens=6))])[0].output_ids
                for e in (packed, plain)]
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_echo_scores_through_the_handwritten_runner_equal_the_transformers_runner(adapters, dtype, tolerance):
+    """Echo scoring is a prefill-kind batch that writes no KV: every adapter kind's prompt log-probabilities (a PARA
+    adapter pooling only the context) are the same through either runner, the hand-written one runs them where
+    it can, and scoring leaves no trace in the delta tables or the KV cache."""
+    arch, root, names = adapters
+    ids = torch.randint(3, VOCAB, (9,), generator=torch.Generator().manual_seed(7)).tolist()
+    scores = {}
+    for fast in (True, False):
+        model = tiny_model(arch).to(dtype)
+        model.config._attn_implementation = "sdpa"
+        engine = Engine(model, max_batch=2, handwritten=fast)
+        for name in names:
+            engine.add_adapter(name, root / name)
+        kv_before = [k.clone() for k in engine.cache.keys]
+        scores[fast] = [engine.score(ids, adapter, context=5, top_k=2).values for adapter in [None, *names]]
+        assert all(torch.equal(a, b) for a, b in zip(kv_before, engine.cache.keys))
+        assert all(not t.any() for t in engine.registry.deltas.tables.values())
+        assert not engine.has_work() and [engine.scheduler.borrow() for _ in range(2)] == [0, 1]  # slot given back
+        if fast:
+            assert engine.stats["handwritten_scores"] == (0 if arch == "gpt2" else len(names) + 1)
+    for fast_scores, slow_scores in zip(scores[True], scores[False]):
+        assert fast_scores == pytest.approx(slow_scores, abs=tolerance)

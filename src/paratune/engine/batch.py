@@ -71,15 +71,13 @@ class BatchBuilder:
         lengths = [len(r.prompt_ids) for r in requests]
         ends = torch.tensor(lengths).cumsum(0).tolist()
         segments = tuple((end - n, end) for end, n in zip(ends, lengths))
-        sampler = Sampler(self.device)
-        sampler.set_rows([r.params for r in requests], [r.generator for r in requests])
         return Batch(
             "prefill", requests, slots,
             input_ids=torch.tensor([t for r in requests for t in r.prompt_ids], device=self.device),
             positions=torch.cat([torch.arange(n, device=self.device) for n in lengths]),
             token_slots=torch.tensor([s for s, n in zip(slots, lengths) for _ in range(n)], device=self.device),
             adapters=self.adapters.for_prefill(requests, slots, list(segments), list(segments)),
-            sampler=sampler, segments=segments,
+            sampler=self._sampler(requests), segments=segments,
             last=torch.tensor(lengths, device=self.device).cumsum(0) - 1)
 
     def score(self, request: Request, slot: int, context: int) -> Batch:
@@ -133,8 +131,11 @@ class BatchBuilder:
         index = None if contiguous else torch.tensor(slots, device=self.device)
         # with holes in the range, the queries are scattered into the view's rows (kv_cache.over_view_rows)
         rows_in_view = None if contiguous else torch.tensor([s - lo for s in slots], device=self.device)
-        sampler = Sampler(self.device)
-        sampler.set_rows([r.params for r in requests], [r.generator for r in requests])
         self._decode_rows = _DecodeRows(key, requests, slots, (lo, hi), index, torch.tensor(slots, device=self.device),
-                                        rows_in_view, self.adapters.for_decode(requests, (lo, hi), index), sampler)
+                                        rows_in_view, self.adapters.for_decode(requests, (lo, hi), index),
+                                        self._sampler(requests))
         return self._decode_rows
+
+    def _sampler(self, requests: list[Request]) -> Sampler:
+        """The rows' sampling parameters as device tensors (built once per batch composition, not per step)."""
+        return Sampler(self.device, [r.params for r in requests], [r.generator for r in requests])

@@ -53,9 +53,10 @@ def seeded_generator(params: SamplingParams, device) -> torch.Generator | None:
 class Sampler:
     """Samples one token per row of a step's logits; the rows' parameters are set when the batch changes."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, params: list[SamplingParams] = (),
+                 generators: list[torch.Generator | None] = ()):
         self.device = torch.device(device)
-        self.set_rows([], [])
+        self.set_rows(list(params), list(generators) or [None] * len(params))
 
     def set_rows(self, params: list[SamplingParams], generators: list[torch.Generator | None]) -> None:
         """Per-row parameters as device tensors, built once per join/leave, not once per step."""

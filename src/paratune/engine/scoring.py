@@ -32,8 +32,7 @@ def prompt_scores(logits: torch.Tensor, ids: list[int], top_k: int,
         top = [list(zip(i, v)) for i, v in zip(best.indices.tolist(), best.values.tolist())]
     next_token = None
     if next_params is not None:
-        sampler = Sampler(logits.device)
-        sampler.set_rows([next_params], [seeded_generator(next_params, logits.device)])
+        sampler = Sampler(logits.device, [next_params], [seeded_generator(next_params, logits.device)])
         token = int(sampler(logits[-1:])[0][0])
         last = logp[-1]
         best = last.topk(max(top_k, 1))

@@ -4,20 +4,21 @@ Why: ``F.linear`` on CPU goes to MKL's sgemm (fp32) or to oneDNN with a weight r
 At the few rows of a decode step both leave most of the memory bandwidth unused; a weight reordered once into
 oneDNN's blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU backend uses) does not.
 What counts is a decode step's access pattern, every matrix of every layer once per step, streamed from memory;
-a matrix called again and again from cache says the opposite for small fp32 matrices (``packed_check``'s kernel
-table: 1.8-3.0x slower at 1 row) and misled an earlier plan. Measured on this 2-core Xeon (AMX), SmolLM2-135M's
-30 layers in decode order (``python -m paratune.bench.packed_check stream``, docs/results/packed/packed_check.md),
-ms per pass over all layers, F.linear -> packed -> packed with q|k|v and gate|up fused into one matrix each:
+a matrix called again and again from cache says the opposite for small fp32 matrices (1.8-3.0x slower at 1 row)
+and misled an earlier plan. Measured on a 2-core Xeon (AMX), SmolLM2-135M's 30 layers in decode order
+(docs/performance.md, "Design measurements"), ms per pass over all layers, F.linear -> packed -> packed with
+q|k|v and gate|up fused into one matrix each:
 
 - fp32: 1 row 26.7 -> 12.5 -> 11.5, 8 rows 33.6 -> 15.0 -> 13.2, 32 rows 59.4 -> 26.4 -> 24.3;
 - bf16: 1 row 14.4 -> 7.5 -> 5.9, 8 rows 16.1 -> 9.1 -> 7.6, 32 rows 23.4 -> 16.2 -> 14.3.
 
-So every projection and the LM head are packed in both precisions, and the decode step (``fast_decode``) packs
-q|k|v and gate|up as one matrix each (``groups``): one call and one weight stream instead of three and two.
+So every projection and the LM head are packed in both precisions, and the hand-written runner
+(``runners/llama.py``) packs q|k|v and gate|up as one matrix each (``groups``): one call and one weight stream
+instead of three and two; its prefill uses the same copies.
 
 Packed results equal ``F.linear`` up to summation order: identical in bf16 here, ~1e-5 relative in fp32 (tested).
-The copies cost memory (``PackedWeights.bytes``: the decoder's weights and the head once more; the prefill still
-runs the model's own weights), and they are taken when the engine starts: weights changed afterwards (a merge)
+The copies cost memory (``PackedWeights.bytes``: the decoder's weights and the head once more; the transformers
+runner still uses the model's own weights), and they are taken when the engine starts: weights changed afterwards (a merge)
 need a new engine.
 """
 

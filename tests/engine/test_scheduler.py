@@ -1,0 +1,70 @@
+"""The scheduler decides who runs with no tensors: slots, arrival order, the KV and prefill budgets."""
+
+import pytest
+
+from paratune.engine import NoFreeSlot, Request, SamplingParams
+from paratune.engine.scheduler import Scheduler
+
+
+def request(prompt: int, max_tokens: int, adapter=None) -> Request:
+    return Request(list(range(3, 3 + prompt)), adapter, SamplingParams(max_tokens=max_tokens))
+
+
+def test_admits_in_arrival_order_into_the_lowest_free_slots_within_the_budgets():
+    scheduler = Scheduler(max_batch=3, max_seq_len=64, kv_budget_tokens=40, max_prefill_tokens=12)
+    queue = [request(8, 4), request(4, 4), request(6, 4), request(2, 2)]  # 12, 8, 10, 4 KV tokens
+    for r in queue:
+        scheduler.add(r)
+    # the prefill budget (12 prompt tokens) stops after the first two prompts
+    assert scheduler.admit(lambda r: True) == [(0, queue[0]), (1, queue[1])]
+    # the third fits the KV budget (20 + 10 <= 40) and takes the last slot; the fourth waits for a slot
+    assert scheduler.admit(lambda r: True) == [(2, queue[2])]
+    assert scheduler.admit(lambda r: True) == [] and list(scheduler.waiting) == [queue[3]]
+    queue[1].finish_reason = "length"
+    assert scheduler.retire() == [1]
+    assert scheduler.admit(lambda r: True) == [(1, queue[3])]
+    assert scheduler.reserved_tokens() == 12 + 10 + 4
+
+
+def test_kv_budget_holds_a_request_back_until_running_ones_finish():
+    scheduler = Scheduler(max_batch=4, max_seq_len=64, kv_budget_tokens=20, max_prefill_tokens=100)
+    first, second = request(6, 8), request(6, 8)  # 14 each: one at a time
+    scheduler.add(first)
+    scheduler.add(second)
+    assert scheduler.admit(lambda r: True) == [(0, first)]
+    assert scheduler.admit(lambda r: True) == []
+    first.finish_reason = "eos"
+    scheduler.retire()
+    assert scheduler.admit(lambda r: True) == [(0, second)]
+
+
+def test_cancelled_and_unservable_requests_are_dropped_not_run():
+    scheduler = Scheduler(max_batch=2, max_seq_len=64, kv_budget_tokens=None, max_prefill_tokens=100)
+    gone, cancelled, kept = request(2, 2, "unloaded"), request(2, 2), request(2, 2)
+    for r in (gone, cancelled, kept):
+        scheduler.add(r)
+    scheduler.cancel(cancelled)
+    assert scheduler.admit(lambda r: r.adapter is None) == [(0, kept)]
+    assert scheduler.pop_dropped() == [gone] and gone.finish_reason == "cancelled"
+    assert cancelled.finish_reason == "cancelled" and cancelled not in scheduler.waiting
+
+
+def test_requests_that_could_never_run_are_refused_with_the_numbers():
+    scheduler = Scheduler(max_batch=2, max_seq_len=16, kv_budget_tokens=12, max_prefill_tokens=100)
+    with pytest.raises(ValueError, match=r"^request needs 20 KV tokens \(prompt \+ max_tokens\) but a KV slot holds 16"):
+        scheduler.add(request(10, 10))
+    with pytest.raises(ValueError, match=r"^request needs 14 KV tokens \(prompt \+ max_tokens\) but the budget is 12$"):
+        scheduler.add(request(4, 10))
+    with pytest.raises(ValueError, match="^a request needs at least one prompt token$"):
+        scheduler.add(request(0, 1))
+
+
+def test_a_borrowed_slot_is_outside_the_batch_and_none_is_left_when_all_run():
+    scheduler = Scheduler(max_batch=1, max_seq_len=16, kv_budget_tokens=None, max_prefill_tokens=100)
+    slot = scheduler.borrow()
+    scheduler.add(request(2, 2))
+    assert scheduler.admit(lambda r: True) == []  # the only slot is lent out
+    scheduler.give_back(slot)
+    assert [s for s, _ in scheduler.admit(lambda r: True)] == [0]
+    with pytest.raises(NoFreeSlot, match="every KV slot is running a request"):
+        scheduler.borrow()
