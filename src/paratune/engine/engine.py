@@ -99,7 +99,8 @@ class Engine:
         start = time.perf_counter()
         batch = self.batches.decode(self.scheduler.running)
         logits = self._runner(batch, "decode").decode(batch)
-        return self._advance(batch, logits, "decode", start)
+        self.batches.advance(batch, self._sample(batch, logits))
+        return self._produced(batch, "decode", start)
 
     def _prefill(self, admitted: list[tuple[int, Request]]) -> list[tuple[Request, int]]:
         start = time.perf_counter()
@@ -107,10 +108,10 @@ class Engine:
             self.registry.join(slot, request)
         batch = self.batches.prefill([r for _, r in admitted], [s for s, _ in admitted])
         logits = self._runner(batch, "prefill").prefill(batch)
-        return self._advance(batch, logits, "prefill", start)
-
-    def _advance(self, batch: Batch, logits: torch.Tensor, kind: str, start: float) -> list[tuple[Request, int]]:
         self.batches.advance(batch, self._sample(batch, logits))
+        return self._produced(batch, "prefill", start)
+
+    def _produced(self, batch: Batch, kind: str, start: float) -> list[tuple[Request, int]]:
         self.stats[f"{kind}_seconds"] += time.perf_counter() - start
         self.stats["prefills" if kind == "prefill" else "decode_steps"] += 1
         self.stats[f"{kind}_tokens"] += len(batch.input_ids)
