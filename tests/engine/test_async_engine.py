@@ -81,4 +81,61 @@ def test_unloading_an_adapter_lets_its_running_requests_finish(served):
 
     done = asyncio.run(run())
     assert all(r.finish_reason == "length" and len(r.output_ids) == 30 for r in done)
-    assert "a" not in engine.bank.adapters
+    assert "a" not in engine.adapters()
+
+
+def test_adapters_scores_and_running_count_are_answered_by_the_engine_thread(served):
+    engine, front = served
+    ids = prompt(3)
+
+    async def run():
+        kinds = await front.adapters()
+        scores = await front.score(ids, "a", top_k=2)
+        request = Request(prompt(4), adapter="a", params=SamplingParams(max_tokens=10_000, ignore_eos=True))
+        counts = []
+        async for _ in front.stream(request):
+            counts.append(front.running_count())
+            if len(counts) == 3:
+                break
+        for _ in range(100):
+            if front.running_count() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return kinds, scores, counts, front.running_count()
+
+    kinds, scores, counts, after = asyncio.run(run())
+    assert kinds == {"a": "PARA"}
+    assert counts == [1, 1, 1] and after == 0
+    offline = Engine(tiny_model("llama"), engine.tokenizer)
+    offline.add_adapter("a", engine.adapter_path)
+    expected = offline.score(ids, "a", top_k=2)
+    assert scores.values == pytest.approx(expected.values, abs=1e-5)
+    assert [[t for t, _ in row] for row in scores.top] == [[t for t, _ in row] for row in expected.top]
+    assert scores.next_token is None
+
+
+def test_an_adapter_being_unloaded_is_listed_only_with_include_draining(served):
+    engine, front = served
+
+    async def run():
+        request = Request(prompt(5), adapter="a", params=SamplingParams(max_tokens=200, ignore_eos=True))
+        first = asyncio.Event()
+
+        async def consume():
+            async for _ in front.stream(request):
+                first.set()
+
+        consumer = asyncio.create_task(consume())
+        await first.wait()
+        unload = asyncio.create_task(front.remove_adapter("a"))
+        while not front.is_draining("a"):
+            await asyncio.sleep(0)
+        during = await front.adapters(), await front.adapters(include_draining=True)
+        await consumer
+        await unload
+        return request, during, await front.adapters(include_draining=True)
+
+    request, during, after = asyncio.run(run())
+    assert during == ({}, {"a": "PARA"})
+    assert request.finish_reason == "length" and len(request.output_ids) == 200
+    assert after == {}

@@ -189,6 +189,6 @@ def test_server_still_answers_correctly_after_all_of_it(live, http, chat_tokeniz
         assert response.status_code == 200, response.text
         expected = offline(live, chat_tokenizer, messages=CHAT["messages"], adapter=adapter)
         assert response.json()["choices"][0]["message"]["content"] == expected.text
-    assert sorted(live.engine.bank.adapters) == sorted(live.tenants)
+    assert sorted(live.engine.adapters()) == sorted(live.tenants)
     assert not live.engine.running and not live.engine.waiting
     assert http.get("/health").json()["status"] == "ok"

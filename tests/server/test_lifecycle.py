@@ -117,7 +117,7 @@ def test_hot_unload_and_reload_while_requests_run_loses_none(slow, chat_tokenize
     assert reloaded.status_code == 200
     assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == expected
     assert removed_extra.status_code == 200
-    assert "extra" not in slow.engine.bank.adapters
+    assert "extra" not in slow.engine.adapters()
 
 
 def test_full_queue_answers_429_and_every_admitted_request_finishes(slow):

@@ -1,7 +1,9 @@
 """An asyncio front for the engine: a background thread runs the step loop; callers stream tokens.
 
-All engine mutations (new requests, cancellations, adapter loads) are queued as commands and applied by the
-engine thread between steps, so the engine itself needs no locks.
+All engine mutations (new requests, cancellations, adapter loads) and all reads of engine state (adapters, scores)
+are queued as commands and run by the engine thread between steps, so the engine itself needs no locks. This class
+is the server's only door into the engine: what the event loop needs to know without waiting for a step (how
+many requests run, which adapters are loaded) the engine thread publishes here as immutable values.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from .engine import Engine
-from .request import Request
+from .request import Request, SamplingParams
+from .scoring import PromptScores
 
 
 @dataclass
@@ -40,6 +43,10 @@ class AsyncEngine:
         self._draining: set[str] = set()
         self._in_flight: collections.Counter[str | None] = collections.Counter()  # adapter -> open streams
         self.error: BaseException | None = None
+        # Published by the engine thread, read on the event loop: each is replaced whole, never changed in place,
+        # so a reader sees one consistent value without a lock. Adapters change only through this front.
+        self._running_count = 0  # requests in the running batch after the engine thread's last step
+        self._adapter_kinds: dict[str, str] | None = None  # name -> kind; None until first asked for
         self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True) if own_thread else None
         if self._thread is not None:
             self._thread.start()
@@ -57,6 +64,7 @@ class AsyncEngine:
                 except queue.Empty:
                     break
             if not self.engine.has_work():
+                self._publish_running()
                 self._wake.wait(timeout=0.05)
                 self._wake.clear()
                 continue
@@ -64,13 +72,24 @@ class AsyncEngine:
                 produced = self.engine.step()
             except BaseException as error:  # keep serving: fail the requests in flight, not the server
                 self.error = error
-                for request in self.engine.abort_all("error"):
+                aborted = self.engine.abort_all("error")
+                self._publish_running()
+                for request in aborted:
                     self._notify(request, -1)
                 continue
+            # Published before the listeners hear of the step, so a client that has seen a token (or the end) never
+            # reads an older count.
+            self._publish_running()
             for request, token in produced:
                 self._notify(request, token)
             for request in self.engine.pop_dropped():
                 self._notify(request, -1)
+
+    def _publish_running(self) -> None:
+        self._running_count = len(self.engine.running)
+
+    def _publish_adapters(self) -> None:
+        self._adapter_kinds = dict(sorted(self.engine.adapters().items()))
 
     def _notify(self, request: Request, token: int) -> None:
         listener = self._listeners.get(request.id)
@@ -139,21 +158,53 @@ class AsyncEngine:
             pass
         return request
 
+    async def score(self, ids: list[int], adapter: str | None, context: int | None = None, top_k: int = 0,
+                    next_params: SamplingParams | None = None) -> PromptScores:
+        """``Engine.score`` (every prompt token's log-probability, echo scoring) run on the engine thread between
+        steps. Raises ``NoFreeSlot`` when every KV slot is busy and KeyError for an unknown adapter."""
+        return await self._run(lambda: self.engine.score(ids, adapter, context, top_k, next_params))
+
+    async def adapters(self, include_draining: bool = False) -> dict[str, str]:
+        """{name: kind} of the loaded adapters (kind: PARA, LORA or IA3), sorted by name; those being unloaded
+        only with ``include_draining``. The first call asks the engine thread; later ones read what it published
+        after each load and unload, so checking a request's adapter costs no wait for a step."""
+        if self._adapter_kinds is None:
+            await self._run(self._publish_adapters)
+        kinds = self._adapter_kinds
+        return {name: kind for name, kind in kinds.items() if include_draining or name not in self._draining}
+
+    def running_count(self) -> int:
+        """Requests in the running batch, as the engine thread published it after its last step (no waiting)."""
+        return self._running_count
+
     async def add_adapter(self, name: str, path) -> str:
-        return await self._run(lambda: self.engine.add_adapter(name, path))
+        def add() -> str:
+            try:
+                return self.engine.add_adapter(name, path)
+            finally:
+                self._publish_adapters()
+
+        return await self._run(add)
 
     def is_draining(self, name: str | None) -> bool:
         return name in self._draining
 
     async def remove_adapter(self, name: str, poll: float = 0.02) -> None:
         """Stop accepting requests for ``name``, let its queued and running requests finish, then unload it."""
-        if name not in self.engine.bank.adapters:
+        if name not in await self.adapters(include_draining=True):
             raise KeyError(f"no adapter named {name!r}")
         self._draining.add(name)
+
+        def remove() -> None:
+            try:
+                self.engine.remove_adapter(name)
+            finally:
+                self._publish_adapters()
+
         try:
             while self._in_flight[name] > 0:
                 await asyncio.sleep(poll)
-            await self._run(lambda: self.engine.remove_adapter(name))
+            await self._run(remove)
         finally:
             self._draining.discard(name)
 
