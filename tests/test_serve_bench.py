@@ -1,5 +1,6 @@
 """`paratune bench serve` without llama.cpp: the HTTP load generator against an in-process stub server,
-Poisson arrivals, the report writer, and the llama.cpp builder's command lines (none of them run)."""
+Poisson arrivals, the report writer (with the comparison of two source trees), the benchmark's adapter writer,
+and the llama.cpp builder's command lines (none of them run)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from paratune.bench import adapters as bench_adapters
 from paratune.bench import http_load, llama_cpp, serve_bench, serve_report
 from tests.server.conftest import serve_in_thread
 
@@ -195,6 +199,50 @@ def test_report_writes_table_json_and_png(tmp_path):
     assert r["median"] == pytest.approx(39 / 60) and r["min"] == pytest.approx(r["max"])
     assert ratios[("decode", 1, "engine base / llama-batched-bench base")]["median"] == pytest.approx(0.5)
     assert ratios[("closed", 1, "paratune para / llama-server lora")]["median"] == pytest.approx(39 / 20)
+    assert "| mode | level | ratio | median (min-max) | goal |" in md
+    assert summary["compare"] == [] and "compare tree" not in md  # no --compare-src: no comparison section
+
+
+def compare_runs():
+    """Three repeats of this tree's server and the compare tree's, closed loop at 1 and 8, base and PARA: the
+    machine speeds up by repeat (scale), this tree is 1.10x / 1.20x / 1.30x the compare tree's within a repeat."""
+    runs = []
+    for repeat, (scale, speedup) in enumerate([(1.0, 1.1), (2.0, 1.3), (1.5, 1.2)]):
+        for level in (1, 8):
+            for kind, tok in (("base", 40.0), ("para", 38.0)):
+                before = tok * level * scale
+                after = before * speedup * (1.0 if kind == "base" else 0.5)  # this tree's PARA: half as fast
+                for system, value in (("paratune", after), ("paratune@compare", before)):
+                    runs.append({"repeat": repeat, "system": system, "kind": kind, "mode": "closed", "level": level,
+                                 "tok_s": value, "latency_p50_s": 1.0, "latency_p99_s": 2.0})
+    return runs
+
+
+def test_compare_ratios_are_medians_of_within_repeat_ratios(tmp_path):
+    runs = compare_runs()
+    ratios = {(r["mode"], r["level"], r["kind"]): r for r in serve_report.compare_ratios(runs)}
+    assert set(ratios) == {("closed", level, kind) for level in (1, 8) for kind in ("base", "para")}
+    base = ratios[("closed", 8, "base")]
+    # per-repeat ratios 1.1, 1.3, 1.2 (the machine's speed-up by repeat cancels): median 1.2, spread 1.1-1.3
+    assert (base["median"], base["min"], base["max"], base["n"]) == pytest.approx((1.2, 1.1, 1.3, 3))
+    assert ratios[("closed", 1, "para")]["median"] == pytest.approx(0.6)
+    # a repeat where the compare tree has no run for a cell does not enter that cell's ratio
+    partial = [r for r in runs if not (r["system"] == "paratune@compare" and r["repeat"] == 1 and r["level"] == 1)]
+    one = {(r["level"], r["kind"]): r for r in serve_report.compare_ratios(partial)}
+    assert one[(1, "base")]["n"] == 2 and one[(1, "base")]["median"] == pytest.approx(1.15)
+    assert one[(8, "base")]["n"] == 3
+
+    meta = {"command": "paratune bench serve --compare-src /tmp/before", "config": {"repeats": 3},
+            "sources": {"paratune": {"commit": "aaaa"}, "paratune@compare": {"src": "/tmp/before", "commit": "bbbb"}}}
+    summary = serve_report.write_report(runs, meta, tmp_path / "out")
+    md = (tmp_path / "out" / "serve.md").read_text()
+    assert "## This tree vs the compare tree (after / before)" in md
+    assert "commit aaaa" in md and "`/tmp/before`, commit bbbb" in md
+    assert "| concurrency | base | para |" in md
+    assert "| 8 | 1.200 (1.100-1.300) | 0.600 (0.550-0.650) |" in md
+    assert "paratune server (compare tree) base" in md  # its throughput is in the tables like any system
+    saved = json.loads((tmp_path / "out" / "serve.json").read_text())["summary"]["compare"]
+    assert saved == summary["compare"] and len(saved) == 4
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's /proc/cpuinfo")
@@ -226,7 +274,65 @@ def test_request_bodies_name_their_adapter():
     assert serve_bench.n_requests(8, cfg) == 16 and serve_bench.n_requests(1, cfg) == 4
 
 
-def test_config_validation_and_cli():
+def source_tree(root: Path, cli: str = "module") -> Path:
+    """A stand-in paratune source tree whose `paratune.cli.main` prints where it was imported from and its argv."""
+    package = root / "src" / "paratune"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    main = "import sys\n\ndef main():\n    print(__file__, *sys.argv[1:])\n    return 3\n"
+    if cli == "module":
+        (package / "cli.py").write_text(main)
+    else:
+        (package / "cli").mkdir()
+        (package / "cli" / "__init__.py").write_text(main)
+    return root
+
+
+def test_compare_src_must_be_a_paratune_source_tree(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=f"compare_src must be the root of a paratune source tree.*'{missing}'"):
+        serve_bench.BenchConfig(compare_src=str(missing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="compare_src .*got '.*empty': .*src/paratune/__init__.py does not exist"):
+        serve_bench.BenchConfig(compare_src=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="compare_src must be a folder path, got ''"):
+        serve_bench.BenchConfig(compare_src="")
+    tree = source_tree(tmp_path / "before")
+    with pytest.raises(ValueError, match="systems must include 'paratune', got \\['engine'\\]"):
+        serve_bench.BenchConfig(compare_src=str(tree), systems=["engine"])
+    cfg = serve_bench.BenchConfig(compare_src=str(tmp_path / "before" / ".." / "before"))
+    assert cfg.compare_src == str(tree.resolve())  # stored absolute: the servers may start from another folder
+    assert serve_bench.BenchConfig().compare_src is None
+
+
+@pytest.mark.parametrize("cli", ["module", "package"])
+def test_compare_server_starts_from_the_compare_tree(tmp_path, cli):
+    """The launcher runs `paratune.cli.main` of the tree on PYTHONPATH (an old tree's cli.py or a new one's cli/),
+    ahead of this checkout's editable install, with the same flags as this tree's server."""
+    tree = source_tree(tmp_path / "before", cli)
+    env = serve_bench.compare_env(str(tree), {**os.environ, "PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tree / "src"), "/elsewhere"]
+    cmd = serve_bench.paratune_server_command(tmp_path, 1234, 8, serve_bench.BenchConfig())
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    printed = proc.stdout.split()
+    assert printed[0].startswith(str(tree / "src" / "paratune" / "cli")) and printed[1:] == cmd[3:]
+    info = serve_bench.source_info(tree, env)
+    assert info["imports"] == str(tree / "src" / "paratune" / "__init__.py") and info["commit"] is None
+
+
+def test_compare_tree_runs_right_after_this_tree_in_every_repeat(tmp_path, monkeypatch):
+    cfg = serve_bench.BenchConfig(systems=["paratune"], repeats=3, compare_src=str(source_tree(tmp_path / "b")))
+    bench = serve_bench.Bench(cfg, log=lambda *_: None)
+    order = []
+    monkeypatch.setattr(bench, "setup", lambda: None)
+    monkeypatch.setattr(bench, "run_paratune", lambda repeat, system="paratune": order.append((repeat, system)))
+    bench.run()
+    bench.close()
+    assert order == [(k, s) for k in range(3) for s in ("paratune", "paratune@compare")]
+
+
+def test_config_validation_and_cli(tmp_path):
     with pytest.raises(ValueError, match="systems"):
         serve_bench.BenchConfig(systems=["vllm"])
     with pytest.raises(ValueError, match="concurrency"):
@@ -234,25 +340,66 @@ def test_config_validation_and_cli():
     with pytest.raises(ValueError, match="engine_model"):
         serve_bench.BenchConfig(engine_model="llama-8b-random")  # with the servers: refused
     serve_bench.BenchConfig(engine_model="llama-8b-random", systems=["engine"])
-    from paratune.cli import _bench_config_class, build_parser, config_from_args
+    import argparse
 
-    args = build_parser().parse_args(["bench", "serve", "--systems", "engine,paratune", "--concurrency", "1", "8",
-                                      "--repeats", "1", "--modes", "closed", "--poisson-rates", "0.5"])
-    cfg = config_from_args(_bench_config_class(), args)
+    from paratune.cli.flags import add_config_arguments, config_from_args
+
+    tree = source_tree(tmp_path / "before")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, serve_bench.BenchConfig)  # `paratune bench serve`'s flags are BenchConfig's fields
+    assert "--compare-src" in parser.format_help() and "paratune@compare" in parser.format_help()
+    args = parser.parse_args(["--systems", "engine,paratune", "--concurrency", "1", "8", "--repeats", "1",
+                              "--modes", "closed", "--poisson-rates", "0.5", "--compare-src", str(tree)])
+    cfg = config_from_args(serve_bench.BenchConfig, args)
     assert cfg.systems == ["engine", "paratune"] and cfg.concurrency == [1, 8] and cfg.repeats == 1
-    assert cfg.modes == ["closed"] and cfg.poisson_rates == [0.5]
-    assert cfg.output == "docs/results/serve" and cfg.llama_cpp_version == llama_cpp.LLAMA_CPP_PYTHON_VERSION
+    assert cfg.modes == ["closed"] and cfg.poisson_rates == [0.5] and cfg.compare_src == str(tree)
+    assert cfg.llama_cpp_version == llama_cpp.LLAMA_CPP_PYTHON_VERSION
+    # results go to docs/results/serve/<today>/ unless --output says otherwise
+    assert cfg.output == "docs/results/serve/" + time.strftime("%Y-%m-%d")
 
 
 def test_paratune_server_command(tmp_path):
     cmd = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig())
-    assert cmd[:4] == [sys.executable, "-m", "paratune.cli", "serve"]
+    assert cmd[:4] == [sys.executable, "-c", serve_bench.SERVER_LAUNCHER, "serve"]
     assert cmd[cmd.index("--adapter-dir") + 1] == str(tmp_path) and cmd[cmd.index("--port") + 1] == "1234"
     assert cmd[cmd.index("--max-concurrent") + 1] == "64" and cmd[cmd.index("--dtype") + 1] == "float32"
     # KV slots sized to the workload (64 x 608 tokens), not to the model's context
     assert cmd[cmd.index("--max-seq-len") + 1] == str(512 + 32 + 64) == str(serve_bench.slot_tokens(serve_bench.BenchConfig()))
     bf16 = serve_bench.paratune_server_command(tmp_path, 1234, 64, serve_bench.BenchConfig(dtype="bfloat16"))
     assert bf16[bf16.index("--dtype") + 1] == "bfloat16"
+
+
+def test_one_adapter_writer_makes_para_and_lora_folders_the_engine_loads(tmp_path):
+    from paratune.engine import Engine, Request, SamplingParams
+    from tests.tiny_models import VOCAB, tiny_model
+
+    model = tiny_model("llama")
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    paths = {kind: bench_adapters.write_adapters(model, kind, 2, tmp_path / "a") for kind in ("para", "lora")}
+    assert [p.name for p in paths["para"] + paths["lora"]] == ["para0", "para1", "lora0", "lora1"]
+    # the model is left as it was: same tensors, no PEFT wrapper or config behind
+    assert not hasattr(model, "peft_config") and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    lora_config = json.loads((paths["lora"][0] / "adapter_config.json").read_text())
+    assert lora_config["r"] == 16 and lora_config["lora_alpha"] == bench_adapters.LORA_ALPHA == 32
+    assert sorted(lora_config["target_modules"]) == ["q_proj", "up_proj", "v_proj"]
+    para_config = json.loads((paths["para"][0] / "adapter_config.json").read_text())
+    assert para_config["r"] == 16 and sorted(para_config["targets"]) == ["q", "up", "v"]
+    # distinct adapters, the same ones on every run
+    weights = {p: (p / "adapter_model.safetensors").read_bytes() for p in paths["para"] + paths["lora"]}
+    assert weights[paths["para"][0]] != weights[paths["para"][1]] and weights[paths["lora"][0]] != weights[paths["lora"][1]]
+    again = bench_adapters.write_adapters(model, "lora", 2, tmp_path / "b")
+    assert [(p / "adapter_model.safetensors").read_bytes() for p in again] == [weights[p] for p in paths["lora"]]
+
+    engine = Engine(tiny_model("llama"), max_batch=4)
+    for path in paths["para"] + paths["lora"]:
+        assert engine.add_adapter(path.name, path).lower() == path.name[:4]
+    requests = [Request([5, 6, 7, 8], adapter=name, params=SamplingParams(max_tokens=3, ignore_eos=True))
+                for name in (None, "para0", "para1", "lora0", "lora1")]
+    engine.generate(requests)
+    assert all(len(r.output_ids) == 3 and all(0 <= t < VOCAB for t in r.output_ids) for r in requests)
+    with pytest.raises(ValueError, match="kind must be one of para, lora, got 'ia3'"):
+        bench_adapters.write_adapters(model, "ia3", 1, tmp_path / "c")
 
 
 def test_parse_batched_bench():

@@ -13,7 +13,12 @@ Systems (``--systems``):
   client (per-request ``lora`` field, all LoRAs loaded with ``--lora-init-without-apply``).
 
 Kinds (``--kinds``): ``base`` (no adapter), ``para`` and ``lora`` (random-weight adapters, r=16 on q, v, up,
-one distinct adapter per concurrent client). llama.cpp has no PARA, so it runs base and LoRA.
+one distinct adapter per concurrent client; ``bench.adapters``). llama.cpp has no PARA, so it runs base and LoRA.
+
+``--compare-src DIR`` adds the system ``paratune@compare``: the same HTTP workload on ``paratune serve`` started
+from another source tree (``PYTHONPATH=DIR/src``, e.g. ``git worktree add /tmp/before <commit>``), with the same
+interpreter, flags and adapters, run right after ``paratune`` in every repeat; the report gives this tree's
+throughput over that tree's (after / before) per kind and concurrency.
 
 Within each repeat the systems alternate (ours, llama.cpp, ours, llama.cpp) so that machine noise hits both
 alike; the report gives medians and the min-max spread over repeats, and ratios computed within a repeat.
@@ -28,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -38,8 +44,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from .adapters import write_adapters
 
 SYSTEMS = ("engine", "llama-batched-bench", "paratune", "llama-server")
+COMPARE = "paratune@compare"  # `paratune serve` from the --compare-src tree (a system of its own in the records)
 KINDS = ("base", "para", "lora")
 MODES = ("closed", "poisson")
 ENGINE_MODELS = {
@@ -59,29 +69,52 @@ def _int(value, minimum):
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
 @dataclass
 class BenchConfig:
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    poisson_rates: list[float] = field(default_factory=lambda: [1.0])
-    poisson_requests: int = 32
-    repeats: int = 3
-    prompt_len: int = 64
-    new_tokens: int = 32
-    requests_per_client: int = 2
-    min_requests: int = 4
-    threads: int = 2
-    stream: bool = False
-    prefill_len: int = 512
-    prefill_batch: int = 4
-    peft_reference: bool = False
-    engine_model: str = "smollm2-135m"
-    device: str = "cpu"
-    dtype: str = "float32"
-    llama_cpp_version: str = ""
-    output: str = "docs/results/serve"
+    """``paratune bench serve``: every field is a flag (``--poisson-rates`` is ``poisson_rates``)."""
+
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata=_help(
+        "what to run: engine (decode only), llama-batched-bench, paratune (our HTTP server), llama-server"))
+    kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata=_help(
+        "base (no adapter), para, lora (r=16 on q,v,up; one distinct adapter per concurrent client)"))
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64], metadata=_help(
+        "concurrent requests (closed loop) and batch sizes (decode only)"))
+    modes: list[str] = field(default_factory=lambda: list(MODES), metadata=_help(
+        "HTTP arrival patterns: closed (N clients back to back), poisson (open loop at --poisson-rates)"))
+    poisson_rates: list[float] = field(default_factory=lambda: [1.0], metadata=_help(
+        "Poisson arrival rates, requests/s"))
+    poisson_requests: int = field(default=32, metadata=_help("requests per Poisson run (0 skips)"))
+    repeats: int = field(default=3, metadata=_help("repeats; systems alternate within each"))
+    prompt_len: int = field(default=64, metadata=_help("prompt tokens per request"))
+    new_tokens: int = field(default=32, metadata=_help(
+        "tokens generated per request (max_tokens, EOS ignored where the server allows it)"))
+    requests_per_client: int = field(default=2, metadata=_help("requests each closed-loop client sends"))
+    min_requests: int = field(default=4, metadata=_help("fewest requests per closed-loop run"))
+    threads: int = field(default=2, metadata=_help("CPU threads for llama.cpp and for our engine/server"))
+    stream: bool = field(default=False, metadata=_help("stream responses (adds time to first token)"))
+    prefill_len: int = field(default=512, metadata=_help("prompt length of the PARA prefill-overhead check"))
+    prefill_batch: int = field(default=4, metadata=_help("prompts of the prefill-overhead check"))
+    peft_reference: bool = field(default=False, metadata=_help(
+        "also time PEFT's mixed-batch LoRA generate (decode only)"))
+    engine_model: str = field(default="smollm2-135m", metadata=_help(
+        "backbone of the decode-only engine run (random Llama shapes only with --systems engine)"))
+    device: str = field(default="cpu", metadata=_help("device of the decode-only engine run"))
+    dtype: str = field(default="float32", metadata=_help(
+        "float32, bfloat16 or float16: every paratune run, and llama.cpp's base GGUF in the same precision "
+        "(F32, BF16, F16)"))
+    llama_cpp_version: str = field(default="", metadata=_help(
+        "llama-cpp-python sdist whose vendored llama.cpp is built and cached (empty: the pinned version, "
+        "bench/llama_cpp.py LLAMA_CPP_PYTHON_VERSION)"))
+    output: str = field(default_factory=lambda: f"docs/results/serve/{time.strftime('%Y-%m-%d')}", metadata=_help(
+        "folder for serve.md / serve.json / serve.png (default: docs/results/serve/<today>)"))
+    compare_src: Optional[str] = field(default=None, metadata=_help(
+        "root of another paratune source tree (e.g. `git worktree add /tmp/before <commit>`): also run the HTTP "
+        "workload on its `paratune serve` (system paratune@compare), right after ours in every repeat, and report "
+        "this tree / that tree per kind and concurrency"))
 
     def __post_init__(self):
         from .llama_cpp import LLAMA_CPP_PYTHON_VERSION
@@ -104,6 +137,8 @@ class BenchConfig:
                ("cpu", "cuda", "mps", "xpu"), "cpu, cuda (or cuda:N), mps or xpu")
         _check("dtype", self.dtype, self.dtype in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16")
         _check("output", self.output, isinstance(self.output, str) and bool(self.output.strip()), "a folder path")
+        if self.compare_src is not None:
+            self.compare_src = _source_tree(self.compare_src, self.systems)
         if self.engine_model != "smollm2-135m" and set(self.systems) - {"engine"}:
             raise ValueError(f"engine_model {self.engine_model!r} runs only with --systems engine (the servers and "
                              "llama.cpp serve SmolLM2-135M)")
@@ -111,6 +146,19 @@ class BenchConfig:
     @property
     def sorted_levels(self) -> list[int]:
         return sorted(set(self.concurrency))
+
+
+def _source_tree(value, systems: list[str]) -> str:
+    """``value`` as an absolute path, checked to be the root of a paratune source tree (``src/paratune/``)."""
+    _check("compare_src", value, isinstance(value, str) and bool(value.strip()), "a folder path")
+    root = Path(value).expanduser().resolve()
+    if not (root / "src" / "paratune" / "__init__.py").is_file():
+        raise ValueError(f"compare_src must be the root of a paratune source tree, with src/paratune/ in it (e.g. "
+                         f"made by `git worktree add /tmp/before <commit>`), got {value!r}: "
+                         f"{root / 'src' / 'paratune' / '__init__.py'} does not exist")
+    if "paratune" not in systems:
+        raise ValueError(f"compare_src compares paratune servers, so systems must include 'paratune', got {systems!r}")
+    return str(root)
 
 
 # ----- workload --------------------------------------------------------------------------------------------
@@ -161,35 +209,6 @@ def n_requests(concurrency: int, cfg: BenchConfig) -> int:
 
 
 # ----- adapters ----------------------------------------------------------------------------------------------
-def write_adapters(model, kind: str, n: int, root: Path) -> list[Path]:
-    """n adapters with distinct random weights (seeded, so identical on every run), PEFT format."""
-    import peft
-    import torch
-    from peft import LoraConfig
-
-    from ..para import ParaConfig
-
-    if kind == "para":
-        peft_model = peft.get_peft_model(model, ParaConfig(r=16, targets=["q", "v", "up"]))
-        marker = ".generators.default."
-    else:
-        peft_model = peft.get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
-            "q_proj", "v_proj", "up_proj"], init_lora_weights=False))
-        marker = ".lora_"
-    paths = []
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for i in range(n):
-            for name, param in peft_model.named_parameters():
-                if marker in name:
-                    param.copy_(torch.randn(param.shape, generator=generator).to(param.device, param.dtype) * 0.02)
-            paths.append(root / f"{kind}{i}")
-            peft_model.save_pretrained(paths[-1])
-    peft_model.unload()
-    model.__dict__.pop("peft_config", None)  # unload leaves PEFT's config behind; the next wrap would warn
-    return paths
-
-
 def lora_ggufs(llama, lora_paths: list[Path], log) -> list[Path]:
     """GGUF of each LoRA folder, cached by the hash of its weights (conversion takes seconds per adapter)."""
     from .llama_cpp import lora_gguf
@@ -221,12 +240,34 @@ def slot_tokens(cfg: BenchConfig) -> int:
     return max(cfg.prompt_len, cfg.prefill_len) + cfg.new_tokens + 64
 
 
+# `paratune.cli.main` is the entry point both where cli is a module and where it is a package, so one launcher
+# starts the server of this tree and of an older --compare-src tree alike.
+SERVER_LAUNCHER = "import sys; from paratune.cli import main; sys.exit(main())"
+
+
 def paratune_server_command(adapter_dir: Path, port: int, max_concurrent: int, cfg: BenchConfig) -> list[str]:
     budget = max(65536, max_concurrent * (cfg.prompt_len + cfg.new_tokens + 64) * 2)
-    return [sys.executable, "-m", "paratune.cli", "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
+    return [sys.executable, "-c", SERVER_LAUNCHER, "serve", "--adapter-dir", str(adapter_dir), "--port", str(port),
             "--max-concurrent", str(max_concurrent), "--queue-size", "100000",
             "--max-completion-tokens", str(max(cfg.new_tokens, 1024)), "--kv-budget-tokens", str(budget),
             "--max-seq-len", str(slot_tokens(cfg)), "--dtype", cfg.dtype, "--timeout-keep-alive", "600"]
+
+
+def compare_env(src: str, env: dict) -> dict:
+    """``env`` with ``src``/src first on PYTHONPATH: ahead of this tree's editable install, so ``import paratune``
+    in the subprocess loads the compare tree's package."""
+    path = str(Path(src) / "src")
+    return {**env, "PYTHONPATH": os.pathsep.join([path, *filter(None, [env.get("PYTHONPATH")])])}
+
+
+def source_info(root: Path, env: dict | None = None) -> dict:
+    """Which paratune a server started with ``env`` imports, and the git commit of ``root`` (None outside git)."""
+    probe = subprocess.run([sys.executable, "-c", "import paratune; print(paratune.__file__)"], env=env,
+                           capture_output=True, text=True)
+    commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=10"],
+                            capture_output=True, text=True) if shutil.which("git") else None
+    return {"src": str(root), "imports": probe.stdout.strip() or probe.stderr.strip()[-500:],
+            "commit": commit.stdout.strip() if commit is not None and commit.returncode == 0 else None}
 
 
 @contextlib.contextmanager
@@ -288,6 +329,14 @@ class Bench:
             backbone = load_backbone("smollm2-135m-instruct", dtype=dtype, device=cfg.device)
             self.model, self.tokenizer = backbone.model, backbone.tokenizer
             self.words = word_pool(self.tokenizer)
+        if cfg.compare_src:
+            self.sources = {"paratune": source_info(Path(__file__).resolve().parents[3]),
+                            COMPARE: source_info(Path(cfg.compare_src), compare_env(cfg.compare_src, dict(os.environ)))}
+            expected = Path(cfg.compare_src) / "src" / "paratune"
+            if not self.sources[COMPARE]["imports"].startswith(str(expected)):
+                raise RuntimeError(f"with PYTHONPATH={Path(cfg.compare_src) / 'src'} the interpreter imports paratune "
+                                   f"from {self.sources[COMPARE]['imports']!r}, not from {expected}")
+            self.log(f"comparing with {cfg.compare_src} (commit {self.sources[COMPARE]['commit']})")
         n = max(max(cfg.concurrency), 1)
         self.adapter_dir = self.workdir / "adapters"
         self.adapter_dir.mkdir()
@@ -440,8 +489,8 @@ class Bench:
                 "total_tok_s": row["speed"]})
         self.batched_bench_command = " ".join(cmd)
 
-    # -- (b) paratune server
-    def run_paratune(self, repeat: int) -> None:
+    # -- (b) paratune server (this tree's, or with system=COMPARE the --compare-src tree's)
+    def run_paratune(self, repeat: int, system: str = "paratune") -> None:
         from .http_load import run_closed, run_poisson
 
         cfg = self.cfg
@@ -449,8 +498,12 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
         cmd = paratune_server_command(self.adapter_dir, port, max(cfg.concurrency), cfg)
-        self.paratune_command = " ".join(cmd)
-        with server_process(cmd, url, self.workdir / f"paratune-{repeat}.log", env=env):
+        if system == COMPARE:
+            env = compare_env(cfg.compare_src, env)
+            self.compare_command = f"PYTHONPATH={env['PYTHONPATH']} " + shlex.join(cmd)
+        else:
+            self.paratune_command = shlex.join(cmd)
+        with server_process(cmd, url, self.workdir / f"{system.replace('@', '-')}-{repeat}.log", env=env):
             import httpx
 
             base = next(m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]
@@ -468,8 +521,8 @@ class Bench:
                         prompts = self.prompts(n_requests(conc, cfg), repeat, conc, kind)
                         bodies = [paratune_body(p, names[kind][i % conc], cfg) for i, p in enumerate(prompts)]
                         result = run_closed(url, bodies, conc, stream=cfg.stream)
-                        self.record(repeat, "paratune", kind, "closed", conc, result.summary(cfg.new_tokens))
-            self._poisson(repeat, "paratune", url, lambda p, i, kind: paratune_body(
+                        self.record(repeat, system, kind, "closed", conc, result.summary(cfg.new_tokens))
+            self._poisson(repeat, system, url, lambda p, i, kind: paratune_body(
                 p, names[kind][i % max(cfg.concurrency)], cfg), run_poisson)
 
     def _poisson(self, repeat, system, url, body, run_poisson, kinds=None) -> None:
@@ -536,11 +589,13 @@ class Bench:
         self.setup()
         if "engine" in cfg.systems:
             self.engine_setup()
-        order = [s for s in ("engine", "llama-batched-bench", "paratune", "llama-server") if s in cfg.systems]
+        order = [s for s in ("engine", "llama-batched-bench", "paratune", COMPARE, "llama-server")
+                 if s in cfg.systems or (s == COMPARE and cfg.compare_src)]
         steps = {"engine": self.run_engine, "llama-batched-bench": self.run_batched_bench,
-                 "paratune": self.run_paratune, "llama-server": self.run_llama_server}
+                 "paratune": self.run_paratune, COMPARE: lambda repeat: self.run_paratune(repeat, COMPARE),
+                 "llama-server": self.run_llama_server}
         for repeat in range(cfg.repeats):
-            for system in order:  # ours, llama.cpp, ours, llama.cpp
+            for system in order:  # ours, llama.cpp, ours, llama.cpp (and this tree, the compare tree, ...)
                 steps[system](repeat)
         return self.runs
 
@@ -637,8 +692,11 @@ def run(cfg: BenchConfig, command: str, log=print) -> dict:
             meta["llama_cpp"] = bench.llama.info
             meta["versions"]["llama.cpp"] = f"{bench.llama.info['llama_cpp_commit'][:10]} (llama-cpp-python " \
                                             f"{bench.llama.info['llama_cpp_python']})"
-        meta["commands"] = {k: getattr(bench, k) for k in ("paratune_command", "llama_server_command",
-                                                           "batched_bench_command") if hasattr(bench, k)}
+        meta["commands"] = {k: getattr(bench, k) for k in ("paratune_command", "compare_command",
+                                                           "llama_server_command", "batched_bench_command")
+                            if hasattr(bench, k)}
+        if hasattr(bench, "sources"):
+            meta["sources"] = bench.sources
         meta["notes"] = bench.notes + _schema_notes(cfg)
         if "llama-server" in cfg.systems and "lora" in cfg.kinds:
             meta["notes"].append("llama-server batches only requests with the same LoRA configuration (its README, "

@@ -4,7 +4,9 @@ A *run* is one measurement, a dict with at least ``repeat``, ``system``, ``kind`
 ``closed`` or ``poisson``), ``level`` (concurrency, or the arrival rate for ``poisson``) and ``tok_s``;
 HTTP runs also carry ``latency_p50_s`` / ``latency_p99_s`` / ``ttft_p50_s``. Values are reported as the
 median over repeats with the min-max spread; ratios are taken within each repeat (the two systems ran
-back to back) and then summarised the same way.
+back to back) and then summarised the same way. With ``--compare-src`` the runs also hold the system
+``paratune@compare`` (the server of another source tree), and the report adds this tree / that tree per kind
+and concurrency.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from pathlib import Path
 
 from .llama_cpp import GGUF_TYPES
 
+COMPARE = "paratune@compare"
 SYSTEM_LABELS = {"engine": "paratune engine", "peft-generate": "PEFT generate", "llama-batched-bench": "llama-batched-bench",
-                 "paratune": "paratune server", "llama-server": "llama-server"}
+                 "paratune": "paratune server", COMPARE: "paratune server (compare tree)", "llama-server": "llama-server"}
 KIND_ORDER = ("base", "para", "lora")
-SYSTEM_ORDER = ("engine", "peft-generate", "llama-batched-bench", "paratune", "llama-server")
+SYSTEM_ORDER = ("engine", "peft-generate", "llama-batched-bench", "paratune", COMPARE, "llama-server")
 
 
 def _order(value, order) -> int:
     return order.index(value) if value in order else len(order)
-# (mode, numerator, denominator, what the issue asks of it)
+
+
+# (mode, numerator, denominator, goal): the goals are what the serving design aims for (PARA on N distinct tenants
+# about as fast as the base model and as llama.cpp's base model, and well ahead of per-request LoRA)
 RATIOS = [
     ("closed", ("paratune", "para"), ("llama-server", "base"), ">= 1.0 at 8 and 32"),
     ("closed", ("paratune", "para"), ("llama-server", "lora"), ">= 3 at 32"),
@@ -83,7 +89,7 @@ def summarize(runs: list[dict]) -> dict:
     by = {(r["mode"], r["level"], r["system"], r["kind"], r["repeat"]): r["tok_s"] for r in runs}
     levels = sorted({(r["mode"], r["level"]) for r in runs})
     repeats = sorted({r["repeat"] for r in runs})
-    for mode, num, den, target in RATIOS:
+    for mode, num, den, goal in RATIOS:
         for m, level in levels:
             if m != mode:
                 continue
@@ -91,8 +97,39 @@ def summarize(runs: list[dict]) -> dict:
                       if (mode, level, *num, k) in by and (mode, level, *den, k) in by and by[(mode, level, *den, k)]]
             if values:
                 ratios.append({"mode": mode, "level": level, "ratio": f"{num[0]} {num[1]} / {den[0]} {den[1]}",
-                               "target": target, **spread(values)})
-    return {"cells": cells, "ratios": ratios}
+                               "goal": goal, **spread(values)})
+    return {"cells": cells, "ratios": ratios, "compare": compare_ratios(runs)}
+
+
+def compare_ratios(runs: list[dict]) -> list[dict]:
+    """This tree's server over the compare tree's (after / before), per HTTP mode, level and kind: the ratio of
+    each repeat's two runs (run back to back), summarised as median (min-max) over repeats."""
+    by = {(r["mode"], r["level"], r["system"], r["kind"], r["repeat"]): r["tok_s"] for r in runs}
+    out = []
+    for mode, level, kind in sorted({(r["mode"], r["level"], r["kind"]) for r in runs if r["system"] == COMPARE},
+                                    key=lambda k: (k[0], k[1], _order(k[2], KIND_ORDER))):
+        values = [by[(mode, level, "paratune", kind, k)] / by[(mode, level, COMPARE, kind, k)]
+                  for k in sorted({r["repeat"] for r in runs})
+                  if by.get((mode, level, COMPARE, kind, k)) and (mode, level, "paratune", kind, k) in by]
+        if values:
+            out.append({"mode": mode, "level": level, "kind": kind, **spread(values)})
+    return out
+
+
+def _compare_tables(summary: dict) -> list[str]:
+    lines = []
+    for mode in sorted({c["mode"] for c in summary.get("compare", [])}):
+        rows = [c for c in summary["compare"] if c["mode"] == mode]
+        kinds = sorted({c["kind"] for c in rows}, key=lambda k: _order(k, KIND_ORDER))
+        index = {(c["level"], c["kind"]): c for c in rows}
+        head = "rate (req/s)" if mode == "poisson" else "concurrency"
+        lines += [f"{'Closed loop' if mode == 'closed' else 'Poisson arrivals'}, output tokens/s, this tree / "
+                  "compare tree:", "", f"| {head} | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for level in sorted({c["level"] for c in rows}):
+            lines.append(f"| {level:g} | " + " | ".join(fmt(index.get((level, k)), 3) if (level, k) in index
+                                                        else "-" for k in kinds) + " |")
+        lines.append("")
+    return lines
 
 
 def _table(summary: dict, mode: str, value: str = "tok_s", digits: int = 1) -> list[str]:
@@ -147,11 +184,20 @@ def markdown(summary: dict, meta: dict) -> str:
                 if t:
                     lines += [f"{label}:", "", *t, ""]
     if summary["ratios"]:
-        lines += ["## Ratios (within each repeat)", "", "| mode | level | ratio | median (min-max) | issue 9 target |",
+        lines += ["## Ratios (within each repeat)", "", "| mode | level | ratio | median (min-max) | goal |",
                   "|---|---|---|---|---|"]
         for r in summary["ratios"]:
-            lines.append(f"| {r['mode']} | {r['level']:g} | {r['ratio']} | {fmt(r, 3)} | {r['target']} |")
+            lines.append(f"| {r['mode']} | {r['level']:g} | {r['ratio']} | {fmt(r, 3)} | {r['goal']} |")
         lines.append("")
+    if summary.get("compare"):
+        sources = meta.get("sources", {})
+        ours, theirs = sources.get("paratune", {}), sources.get(COMPARE, {})
+        lines += ["## This tree vs the compare tree (after / before)", "",
+                  f"This tree: commit {ours.get('commit') or '?'}; compare tree: `{theirs.get('src', '?')}`, commit "
+                  f"{theirs.get('commit') or '?'}. The same server flags, adapters and requests; the compare tree's "
+                  "server ran right after this tree's in every repeat. Ratio = this tree's tokens/s over the compare "
+                  "tree's within a repeat, median (min-max) over repeats; above 1 this tree is faster.", "",
+                  *_compare_tables(summary)]
     notes = [c for c in summary["cells"] if c.get("short_requests") or c.get("errors")]
     if notes:
         lines += ["## Warnings", ""]

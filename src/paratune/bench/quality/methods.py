@@ -27,7 +27,7 @@ METHODS: dict[str, dict] = {
     "prompt-tuning": {"method": "prompt-tuning", "num_virtual_tokens": 20},
 }
 
-# PARA ablations (issue 10, item 6): one setting changed from "para" each.
+# PARA ablations: one setting changed from "para" each.
 ABLATIONS: dict[str, dict] = {
     "para-pool-mean": {"pooling": "mean"},
     "para-pool-last": {"pooling": "last"},
@@ -38,9 +38,9 @@ ABLATIONS: dict[str, dict] = {
     "para-r32": {"r": 32},  # twice the budget
 }
 
-# Element-wise variants of PARA (issue 10, item 6: where PARA trails LoRA, changes that keep decoding an
-# element-wise multiply), each run as a method of its own under the full protocol (its own rate grid on
-# validation, three seeds), on the tasks where PARA trailed; never tuned on test data.
+# Element-wise variants of PARA (where PARA trails LoRA, changes that keep decoding an element-wise multiply),
+# each run as a method of its own under the full protocol (its own rate grid on validation, three seeds), on the
+# tasks where PARA trailed; never tuned on test data.
 VARIANTS: dict[str, dict] = {
     "para-all7": {"targets": PARA_ALL_SITES, "r": 7},  # every projection scaled, about PARA's budget (1,429,050)
 }

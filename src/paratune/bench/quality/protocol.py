@@ -39,6 +39,7 @@ from .data import MAIN_METRIC, TASKS, build_splits
 from .methods import ABLATIONS, GRID_STEP, METHODS, VARIANTS, lr_grid, lr_key, settings
 
 MULTITASK = "multitask"
+RESULTS = "docs/results/quality/2026-12-03"  # the finished protocol: 407 records of the default plan
 SEEDS = (0, 1, 2)
 
 
@@ -71,7 +72,9 @@ class QualityConfig:
     max_length: int = field(default=512, metadata={"help": "Longest training example in tokens."})
     scale: float = field(default=1.0, metadata={"help": "Multiplies every split size (0.05: a quick look)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Backbone."})
-    output: str = field(default="docs/results/quality", metadata={"help": "Folder of runs.jsonl and the report."})
+    output: str = field(default=RESULTS, metadata={
+        "help": "Folder of runs.jsonl and the report; the same folder resumes a run (default: the finished protocol's "
+                "records, so the report can be rebuilt)."})
     max_hours: Optional[float] = field(default=None, metadata={"help": "Stop (cleanly) after this many hours."})
 
     def __post_init__(self):
