@@ -32,7 +32,7 @@ class AsyncEngine:
     def __init__(self, engine: Engine, own_thread: bool = True):
         """``own_thread=False``: the caller runs the step loop with ``run()`` on its own thread. The server does
         that on the process's main thread: PyTorch's intra-op parallelism is fast only on the first thread that
-        used it (measured: one request 1.11 s on that thread, 1.89 s on any other; ``bench/thread_check.py``)."""
+        used it (measured on a 2-core CPU: one request 1.11 s on that thread, 1.89 s on any other; docs/performance.md)."""
         self.engine = engine
         if engine.tokenizer is not None and not isinstance(engine.tokenizer, LockedTokenizer):
             engine.tokenizer = LockedTokenizer(engine.tokenizer)
