@@ -3,6 +3,9 @@ its chat template. Tiny models are in tests/tiny_models.py."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import peft
 import pytest
 import torch
@@ -10,6 +13,10 @@ import transformers
 from transformers import AutoTokenizer
 
 from paratune.models import DEFAULT_MODEL, cache_dir, load_backbone
+
+# The test suite's own pointer at the shared local data copy (paratune itself has no default folder); `make test`
+# sets PARATUNE_DATA, and tests that need the data skip when the folder is absent.
+os.environ.setdefault("PARATUNE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

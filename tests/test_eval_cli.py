@@ -1,6 +1,8 @@
-"""`paratune eval` (lm-eval front) on a hand-made multiple-choice file, with and without a PARA adapter."""
+"""`paratune eval` (lm-eval front) on hand-made files: the multiple-choice task, with and without a PARA adapter,
+and built-in tasks given one file (--data) or a folder holding only their files (--data-dir)."""
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -63,11 +65,20 @@ def test_invalid_multiple_choice_lines_name_file_line_and_field(bad, field, tiny
 @pytest.mark.parametrize("args, message", [
     (["--task", "multiple-choice"], "--task multiple-choice needs --data"),
     (["--task", "multiple-choice", "--data", "missing.jsonl"], "missing.jsonl"),
-    (["--task", "sst2", "--adapter", "nowhere"], "has no adapter_config.json"),
-    (["--task", "sst2", "--data", "x.jsonl"], "--data is for --task multiple-choice"),
+    (["--task", "boolq", "--data", "{boolq}", "--adapter", "nowhere"], "has no adapter_config.json"),
+    (["--task", "sst2", "--data", "x.tsv"],
+     "--data x.tsv: no such file (--task sst2 reads TSV with the header sentence<TAB>label (label 0/1), "
+     "as sst2/glue_dev.tsv)"),
+    (["--task", "mmlu", "--data", "x.csv"],
+     "data must be unset for --task mmlu (its data is one file per subject: give the folder with --data-dir DIR "
+     "or $PARATUNE_DATA=DIR), got 'x.csv'"),
+    (["--task", "boolq", "--data-dir", "no/such/folder"],
+     "data_dir must be an existing folder (the local copy of the evaluation data) or None, got 'no/such/folder'"),
     (["--task", "file", "--data", "x.jsonl"], "replaced by --task multiple-choice"),
 ])
-def test_eval_errors_are_clear(tiny_folder, capsys, args, message):
+def test_eval_errors_are_clear(tiny_folder, tmp_path, capsys, args, message):
+    boolq = write_jsonl(tmp_path / "boolq.jsonl", BOOLQ)
+    args = [a.format(boolq=boolq) for a in args]
     assert main(["eval", "--model", str(tiny_folder / "model"), *args]) == 2
     assert message in capsys.readouterr().err
 
@@ -76,3 +87,54 @@ def test_unknown_task_is_refused_by_argparse(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--task", "nonsense"])
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+# ----- built-in tasks on the user's own file or folder ---------------------------------------------------
+BOOLQ = [  # SuperGLUE BoolQ JSONL, as superglue/BoolQ/val.jsonl
+    {"question": "is water wet", "passage": "Water is a liquid, and liquids make things wet.", "idx": 0, "label": True},
+    {"question": "is the sun cold", "passage": "The sun is a very hot star.", "idx": 1, "label": False},
+    {"question": "do cats bark", "passage": "Cats meow and dogs bark.", "idx": 2, "label": False},
+]
+SST2 = "sentence\tlabel\na charming and often affecting journey . \t1\nit 's a mess . \t0\ndull , dull , dull . \t0\n"
+
+
+def boolq_items(rows):
+    """lm-eval's boolq rendering of the rows as multiple-choice items."""
+    return [{"query": f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", "choices": ["no", "yes"],
+             "gold": int(r["label"])} for r in rows]
+
+
+def sst2_items(tsv):
+    rows = [line.split("\t") for line in tsv.splitlines()[1:]]
+    return [{"query": f"{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+             "choices": ["negative", "positive"], "gold": int(label)} for sentence, label in rows]
+
+
+@pytest.mark.parametrize("task, given", [("boolq", "data"), ("boolq", "data_dir"), ("sst2", "data")])
+def test_builtin_task_on_a_users_file_or_folder(task, given, tiny_folder, tmp_path, capsys, chat_tokenizer):
+    """--data FILE (the format of the task's file in the local copy) or --data-dir holding only that task's file:
+    scored exactly as lm-eval's formulation of the task, first --limit items in file order."""
+    if task == "boolq":
+        folder_file, items, text = "superglue/BoolQ/val.jsonl", boolq_items(BOOLQ), "".join(
+            json.dumps(r) + "\n" for r in BOOLQ)
+    else:
+        folder_file, items, text = "sst2/glue_dev.tsv", sst2_items(SST2), SST2
+    file = tmp_path / "copy" / folder_file if given == "data_dir" else tmp_path / folder_file.split("/")[-1]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text)
+    where = ["--data", str(file)] if given == "data" else ["--data-dir", str(tmp_path / "copy")]
+    out = tmp_path / "result.json"
+    argv = ["eval", "--model", str(tiny_folder / "model"), "--task", task, *where, "--limit", "2",
+            "--output", str(out)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.split("\nlm-eval results written")[0])
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_folder / "model").eval()
+    acc, _, lls = expected_scores(model, chat_tokenizer, items[:2])
+    assert printed["n"] == 2 and printed["acc"] == pytest.approx(acc)
+    assert printed["data"] == (str(file) if given == "data" else f"{tmp_path / 'copy'}: {folder_file}")
+    results = json.loads(out.read_text())
+    assert results["paratune"]["command"] == shlex.join(["paratune", *argv])  # the defaults left out
+    samples = [json.loads(line) for line in out.with_name("result.samples.jsonl").read_text().splitlines()]
+    assert [s["arguments"][0][0] for s in samples] == [i["query"] for i in items[:2]]  # lm-eval's context
+    for sample, expected in zip(samples, lls):
+        assert [r[0][0] for r in sample["resps"]] == pytest.approx(expected, abs=2e-4)

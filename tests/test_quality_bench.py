@@ -12,9 +12,9 @@ from paratune.bench.quality.data import MC_TASKS, build_splits
 from paratune.bench.quality.methods import lr_grid, lr_key, settings
 from paratune.bench.quality.stats import paired_bootstrap, seed_mean
 from paratune.cli import main
-from paratune.evaluation.data import data_root
+from tests.evaluation.conftest import needs_local_data
 
-needs_data = pytest.mark.skipif(not (data_root() / "sst2").is_dir(), reason="shared data not available")
+needs_data = needs_local_data("sst2")
 
 
 # ----- splits ---------------------------------------------------------------------------------------------
@@ -243,3 +243,16 @@ def test_a_killed_runs_incomplete_last_line_is_dropped_and_a_corrupt_middle_line
     path.write_text("not json\n" + json.dumps(good) + "\n")
     with pytest.raises(ValueError, match="runs.jsonl:1: not a JSON record"):
         load_records(cfg)
+
+
+def test_the_default_output_folder_holds_the_finished_protocols_records():
+    """With no --output, `paratune bench quality` resumes (or, --report-only, re-reports) the committed results."""
+    from pathlib import Path
+
+    from paratune.bench.quality.protocol import RESULTS, load_records
+
+    assert QualityConfig().output == RESULTS and RESULTS.startswith("docs/results/quality/")
+    folder = Path(__file__).resolve().parents[1] / RESULTS
+    assert (folder / "quality.md").is_file()
+    records = load_records(QualityConfig(output=str(folder)))
+    assert {r["kind"] for r in records} >= {"train", "score"} and len(records) >= 400

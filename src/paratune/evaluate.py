@@ -1,9 +1,18 @@
-"""`paratune eval`: a thin front of ``lm_eval.simple_evaluate`` on paratune's local task definitions.
+"""`paratune eval`: a thin front of ``lm_eval.simple_evaluate`` on paratune's task definitions.
 
 The model is a backbone with or without a PEFT adapter (PARA, LoRA, (IA)^3, prompt tuning ...), wrapped in
 ``paratune.evaluation.ParatuneLM`` (lm-eval's ``HFLM``; PARA adapters get the context tokens as
-``para_prompt_mask``, never the continuation). Tasks are the YAMLs of ``paratune.evaluation.tasks`` over the
-files in ``../shared/data`` (no hub access), plus ``multiple-choice`` over a user's JSONL file.
+``para_prompt_mask``, never the continuation). Built-in tasks are lm-eval's own formulations
+(``paratune.evaluation.tasks``) over ``--data FILE``, else the local copy (``--data-dir DIR`` or
+``$PARATUNE_DATA``), else the hub data set lm-eval itself reads (``paratune.evaluation.sources``);
+``multiple-choice`` scores a user's JSONL file. Every flag is a field of ``EvalConfig``; ``main(config)`` runs it.
+
+``--data FILE`` takes the format of the task's file in the local copy and replaces its evaluation split (few-shot
+examples, if asked for, come from the same file, never the scored item): multiple-choice: JSONL of
+``{"query", "choices", "gold"}``; boolq, copa: SuperGLUE JSONL (val.jsonl); arc-easy, openbookqa, social_i_qa,
+winogrande: the LLM-Adapters alpaca JSON list (test.json); sst2: GLUE's TSV (``sentence<TAB>label``); gsm8k: JSONL
+of question, answer; squad: the official SQuAD v1.1 JSON; mmlu and bbh: not accepted (one file per subject: give
+the folder). The exact wording is ``paratune.evaluation.sources.FILE_FORMATS``, shown by ``--help``.
 """
 
 from __future__ import annotations
@@ -12,86 +21,175 @@ import argparse
 import json
 import shlex
 import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
 
+from .evaluation.sources import FILE_FORMATS, layout
 from .models import DEFAULT_MODEL
+from .validation import check, is_int
 
 # The tasks `paratune eval` offers (paratune.evaluation.tasks.TASKS; listed here so --help needs no lm-eval import).
 TASK_NAMES = ("arc-easy", "bbh", "boolq", "copa", "gsm8k", "mmlu", "multiple-choice", "openbookqa",
               "social_i_qa", "squad", "sst2", "winogrande")
 
+# Help built from the tables of paratune.evaluation.sources (which imports no lm-eval), so --help, the errors and
+# the resolution cannot disagree on a format or a path.
+DATA_HELP = (
+    "one file to score instead of the task's own data, in the format of that task's file in the local copy "
+    "(it is the whole evaluation split): multiple-choice: JSON Lines of {\"query\", \"choices\", \"gold\"}; "
+    + "; ".join(f"{task}: {fmt}" for task, fmt in FILE_FORMATS.items() if fmt)
+    + ". Not for " + ", ".join(t for t, fmt in FILE_FORMATS.items() if not fmt) + " (many files: use --data-dir)")
+DATA_DIR_HELP = (
+    "the local copy of the evaluation data (default: $PARATUNE_DATA; without either, built-in tasks read the hub "
+    "data set lm-eval uses, through the datasets cache). Layout: " + "; ".join(
+        f"{task}: {layout(task)}" for task in FILE_FORMATS))
+
+
+@dataclass
+class EvalConfig:
+    """``paratune eval``; validated on construction (ValueError naming the field, the value and what is accepted)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "HF id, local folder or the embedded default"})
+    adapter: Optional[str] = field(default=None, metadata={
+        "help": "PEFT adapter folder (PARA, LoRA, IA3, prompt tuning ...); none = base"})
+    task: Optional[str] = field(default=None, metadata={
+        # "file" stays a choice so that its old users get __post_init__'s message naming its replacement
+        "help": f"one of: {', '.join(TASK_NAMES)}", "choices": (*TASK_NAMES, "file")})
+    data: Optional[str] = field(default=None, metadata={"help": DATA_HELP})
+    data_dir: Optional[str] = field(default=None, metadata={"help": DATA_DIR_HELP})
+    limit: Optional[int] = field(default=None, metadata={
+        "help": "evaluate only the first N items (per subtask for mmlu and bbh)"})
+    batch_size: int = field(default=8, metadata={"help": "requests per forward"})
+    num_fewshot: Optional[int] = field(default=None, metadata={
+        "help": "few-shot examples (default: the task's; gsm8k 5, others 0)"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "render each context through the backbone's chat template (lm-eval's apply_chat_template), as "
+                "for adapters trained on chat-formatted prompts"})
+    max_new_tokens: Optional[int] = field(default=None, metadata={"help": "generation length (default: the task's)"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    seed: int = field(default=0, metadata={"help": "seed of lm-eval's sampling and of few-shot selection"})
+    output: Optional[str] = field(default=None, metadata={
+        "help": "write lm-eval's result JSON here, and the per-example records next to it (<stem>.samples.jsonl)"})
+
+    def __post_init__(self):
+        text = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
+        check("model", self.model, text(self.model), "a model name, folder or hub id")
+        check("adapter", self.adapter, self.adapter is None or text(self.adapter), "an adapter folder or None")
+        if self.task == "file":
+            raise ValueError("--task file was replaced by --task multiple-choice: one JSON object per line with "
+                             '"query" (str), "choices" (list of str) and "gold" (index of the correct choice)')
+        check("task", self.task, self.task in TASK_NAMES, f"one of: {', '.join(TASK_NAMES)}")
+        check("data", self.data, self.data is None or text(self.data), "a file path or None")
+        if self.task == "multiple-choice" and not self.data:
+            raise ValueError("--task multiple-choice needs --data FILE (JSONL lines with query, choices, gold)")
+        check("data", self.data, self.data is None or self.task == "multiple-choice" or FILE_FORMATS[self.task],
+              f"unset for --task {self.task} (its data is one file per subject: give the folder with --data-dir "
+              "DIR or $PARATUNE_DATA=DIR)")
+        check("data_dir", self.data_dir,
+              self.data_dir is None or (text(self.data_dir) and Path(self.data_dir).is_dir()),
+              "an existing folder (the local copy of the evaluation data) or None")
+        check("limit", self.limit, self.limit is None or is_int(self.limit, 1), "an integer >= 1 or None (all items)")
+        check("batch_size", self.batch_size, is_int(self.batch_size, 1), "a positive integer")
+        check("num_fewshot", self.num_fewshot, self.num_fewshot is None or is_int(self.num_fewshot, 0),
+              "an integer >= 0 or None (the task's default)")
+        check("chat_template", self.chat_template, isinstance(self.chat_template, bool), "True or False")
+        check("max_new_tokens", self.max_new_tokens, self.max_new_tokens is None or is_int(self.max_new_tokens, 1),
+              "a positive integer or None (the task's default)")
+        check("device", self.device, text(self.device), "a device such as cpu or cuda")
+        check("seed", self.seed, is_int(self.seed, 0), "an integer >= 0")
+        check("output", self.output, self.output is None or text(self.output), "a file path or None")
+
+    def command(self) -> str:
+        """The ``paratune eval`` command line of this config (fields left at their default are omitted)."""
+        argv = ["paratune", "eval"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            argv += [flag] if value is True else [flag, str(value)]
+        return shlex.join(argv)
+
 
 def run_eval(lm, task: str, data: str | None = None, limit: int | None = None, num_fewshot: int | None = None,
              apply_chat_template: bool = False, max_new_tokens: int | None = None, seed: int = 0,
-             task_dir: str | None = None) -> tuple[dict, dict]:
+             task_dir: str | None = None, data_dir: str | None = None) -> tuple[dict, dict]:
     """(summary, lm-eval's full result dict) of ``task`` on ``lm``."""
-    from .evaluation import MULTIPLE_CHOICE, simple_evaluate, summary
+    from .evaluation import simple_evaluate, summary
 
-    if data is not None and task != MULTIPLE_CHOICE:
-        raise ValueError(f"--data is for --task {MULTIPLE_CHOICE}; --task {task} reads its file under ../shared/data")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     gen_kwargs = {"max_gen_toks": max_new_tokens} if max_new_tokens else None
     start = time.perf_counter()
     results = simple_evaluate(lm, [task], data=data, limit=limit, num_fewshot=num_fewshot,
                               apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs, seed=seed,
-                              task_dir=task_dir)
+                              task_dir=task_dir, data_dir=data_dir)
     result = summary(results, task)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result, results
 
 
-def run(args) -> int:
-    if args.task == "file":
-        raise ValueError("--task file was replaced by --task multiple-choice: one JSON object per line with "
-                         '"query" (str), "choices" (list of str) and "gold" (index of the correct choice)')
-    if args.data is not None and args.task != "multiple-choice":
-        raise ValueError(f"--data is for --task multiple-choice; --task {args.task} reads its file under ../shared/data")
-    if args.task == "multiple-choice" and not args.data:
-        raise ValueError("--task multiple-choice needs --data FILE (JSONL lines with query, choices, gold)")
-    if args.task == "multiple-choice":
-        from .evaluation import read_multiple_choice
+def main(config: EvalConfig) -> int:
+    """Score ``config.task`` and print the summary JSON; with ``config.output`` also write lm-eval's files.
+    The data is found (and a bad file or a missing data set reported) before the model loads."""
+    from .evaluation.multiple_choice import MULTIPLE_CHOICE, read_multiple_choice
+    from .evaluation.offline_mode import offline
+    from .evaluation.sources import resolve
 
-        read_multiple_choice(args.data)  # invalid lines fail here, before the model loads
+    if config.task == MULTIPLE_CHOICE:
+        read_multiple_choice(config.data)  # invalid lines fail here, before the model loads
+        where, hub = str(config.data), False
+    else:
+        source = resolve(config.task, config.data_dir, config.data)
+        where, hub = source.where, source.kind == "hub"
+    if not hub:
+        offline()  # local files only: no hub requests (before lm-eval imports datasets, where that is still ahead)
     from .evaluation import ParatuneLM, load_model, write_results
 
-    model, tokenizer = load_model(args.model, args.adapter)
-    model.to(args.device)
-    lm = ParatuneLM(model, tokenizer, batch_size=args.batch_size, device=args.device)
-    result, results = run_eval(lm, args.task, args.data, args.limit, args.num_fewshot, args.chat_template,
-                               args.max_new_tokens, args.seed)
-    result = {"model": args.model, "adapter": args.adapter, **result}
+    model, tokenizer = load_model(config.model, config.adapter)
+    model.to(config.device)
+    lm = ParatuneLM(model, tokenizer, batch_size=config.batch_size, device=config.device)
+    result, results = run_eval(lm, config.task, config.data, config.limit, config.num_fewshot,
+                               config.chat_template, config.max_new_tokens, config.seed, data_dir=config.data_dir)
+    result = {"model": config.model, "adapter": config.adapter, "data": where, **result}
     print(json.dumps(result, indent=1))
-    if args.output:
-        extra = {"summary": result, "command": shlex.join(["paratune", *getattr(args, "argv", [])])}
-        path, samples = write_results(results, args.output, extra)
+    if config.output:
+        extra = {"summary": result, "command": config.command()}
+        path, samples = write_results(results, config.output, extra)
         print(f"lm-eval results written to {path}" + (f", per-example records to {samples}" if samples else ""))
     return 0
 
 
+def run(args) -> int:
+    """``paratune eval`` from parsed flags (``add_parser``): the flags are ``EvalConfig``'s fields."""
+    return main(EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig) if hasattr(args, f.name)}))
+
+
 def add_parser(commands) -> None:
+    """The ``eval`` verb: one flag per ``EvalConfig`` field, help from the field's metadata."""
     p = commands.add_parser(
-        "eval", help="evaluate a backbone (+ adapter) with lm-evaluation-harness on a local task",
+        "eval", help="evaluate a backbone (+ adapter) with lm-evaluation-harness",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Runs lm_eval.simple_evaluate on paratune's local task definitions (lm-eval's own "
-        "formulations; data from ../shared/data or $PARATUNE_DATA, never the hub). Multiple-choice tasks score "
+        description="Runs lm_eval.simple_evaluate on paratune's task definitions (lm-eval's own formulations). "
+        "A built-in task reads --data FILE, else the local copy in --data-dir DIR or $PARATUNE_DATA, else the hub "
+        "data set lm-eval itself uses (through the datasets cache). Multiple-choice tasks score "
         "each option's text after the context (acc; acc_norm divides the log-likelihood by the option's length "
         "in characters); gsm8k, squad and bbh generate greedily. --task multiple-choice --data F.jsonl scores "
         "a file of {\"query\", \"choices\", \"gold\"} lines as query + \" \" + choice. PARA adapters receive "
         "the context tokens as the prompt mask; any other PEFT adapter is evaluated as PEFT loads it.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local folder or the embedded default")
-    p.add_argument("--adapter", help="PEFT adapter folder (PARA, LoRA, IA3, prompt tuning ...); none = base")
-    p.add_argument("--task", required=True, choices=[*TASK_NAMES, "file"], metavar="TASK",
-                   help=f"one of: {', '.join(TASK_NAMES)}")
-    p.add_argument("--data", help="the JSONL file of --task multiple-choice")
-    p.add_argument("--limit", type=int, help="evaluate only the first N items (per subtask for mmlu and bbh)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's; gsm8k 5, others 0)")
-    p.add_argument("--chat-template", action="store_true",
-                   help="render each context through the backbone's chat template (lm-eval's "
-                   "apply_chat_template), as for adapters trained on chat-formatted prompts")
-    p.add_argument("--max-new-tokens", type=int, help="generation length (default: the task's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", help="write lm-eval's result JSON here, and the per-example records next to it "
-                   "(<stem>.samples.jsonl)")
+    helps = {f.name: f.metadata["help"] for f in fields(EvalConfig)}
+    p.add_argument("--model", default=DEFAULT_MODEL, help=helps["model"])
+    p.add_argument("--adapter", help=helps["adapter"])
+    p.add_argument("--task", required=True, choices=[*TASK_NAMES, "file"], metavar="TASK", help=helps["task"])
+    p.add_argument("--data", help=helps["data"])
+    p.add_argument("--data-dir", help=helps["data_dir"])
+    p.add_argument("--limit", type=int, help=helps["limit"])
+    p.add_argument("--batch-size", type=int, default=8, help=helps["batch_size"])
+    p.add_argument("--num-fewshot", type=int, help=helps["num_fewshot"])
+    p.add_argument("--chat-template", action="store_true", help=helps["chat_template"])
+    p.add_argument("--max-new-tokens", type=int, help=helps["max_new_tokens"])
+    p.add_argument("--device", default="cpu", help=helps["device"])
+    p.add_argument("--seed", type=int, default=0, help=helps["seed"])
+    p.add_argument("--output", help=helps["output"])
     p.set_defaults(func=run)

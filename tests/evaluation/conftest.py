@@ -1,6 +1,9 @@
-"""Fixtures for the task tests: tiny models (tokenizers come from tests/conftest.py)."""
+"""Fixtures for the task tests: tiny models (tokenizers come from tests/conftest.py), and the local data copy."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +52,17 @@ def random_model(chat_tokenizer):
     # a wider init than the default makes the logits depend clearly on the context (off-by-one or padding
     # bugs show) while keeping summed log-likelihoods small enough for float32 comparisons at 1e-5
     return make_tiny_model(len(chat_tokenizer), seed=0, initializer_range=0.15)
+
+
+def local_data() -> Path | None:
+    """The local copy of the evaluation data the test run points at ($PARATUNE_DATA), or None."""
+    folder = os.environ.get("PARATUNE_DATA")
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
+
+def needs_local_data(*parts: str):
+    """Skip unless $PARATUNE_DATA holds ``parts`` (a file or folder of the local layout)."""
+    folder = local_data()
+    present = folder is not None and folder.joinpath(*parts).exists()
+    return pytest.mark.skipif(not present, reason=f"needs the local data copy ($PARATUNE_DATA/{'/'.join(parts)}; "
+                                                   "make test sets PARATUNE_DATA)")

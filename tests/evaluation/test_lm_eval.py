@@ -14,8 +14,7 @@ from paratune import ParaConfig
 from paratune.evaluation import ParatuneLM, simple_evaluate, summary
 from paratune.evaluation.tasks import export_multiple_choice, write_multiple_choice
 from paratune.para.layer import ParaLayer
-from paratune.evaluation.data import data_root
-from tests.evaluation.conftest import make_tiny_model
+from tests.evaluation.conftest import local_data, make_tiny_model, needs_local_data
 from tests.tiny_models import randomize_adapter
 
 REQUESTS = [
@@ -225,16 +224,15 @@ def test_multiple_choice_file_is_scored_exactly(which, base_model, para_model, c
             assert [a[1] for a in sample["arguments"]] == [" " + c for c in ITEMS[sample["doc_id"]]["choices"]]
 
 
-needs_data = pytest.mark.skipif(not (data_root() / "arc-easy" / "test.json").is_file(),
-                                reason="needs ../shared/data")
+needs_data = needs_local_data("arc-easy", "test.json")
 
 
 @needs_data
 @pytest.mark.parametrize("task", ["arc-easy", "copa"])
 def test_multiple_choice_file_equals_the_builtin_task(task, base_model, chat_tokenizer, tmp_path):
     lm = ParatuneLM(base_model, chat_tokenizer, batch_size=8)
-    builtin = simple_evaluate(lm, [task], limit=6, task_dir=str(tmp_path / "tasks"))
-    exported = export_multiple_choice(task, tmp_path / f"{task}.jsonl", limit=6)
+    builtin = simple_evaluate(lm, [task], limit=6, data_dir=str(local_data()), task_dir=str(tmp_path / "tasks"))
+    exported = export_multiple_choice(task, tmp_path / f"{task}.jsonl", limit=6, data_dir=local_data())
     as_file = simple_evaluate(lm, ["multiple-choice"], data=str(exported), task_dir=str(tmp_path / "tasks"))
     a, b = summary(builtin, task), summary(as_file, "multiple-choice")
     assert (a["n"], a["acc"], a["acc_norm"]) == (b["n"], b["acc"], b["acc_norm"]) == (6, a["acc"], a["acc_norm"])
@@ -247,7 +245,7 @@ def test_multiple_choice_file_equals_the_builtin_task(task, base_model, chat_tok
 @needs_data
 def test_builtin_cloze_rendering_of_the_alpaca_files(tmp_path, chat_tokenizer, base_model):
     """ARC-Easy's first test item, rendered as lm-eval's arc_easy renders the HF data set (option texts)."""
-    path = export_multiple_choice("arc-easy", tmp_path / "arc.jsonl", limit=1)
+    path = export_multiple_choice("arc-easy", tmp_path / "arc.jsonl", limit=1, data_dir=local_data())
     (item,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert item == {"query": "Question: Which statement best explains why photosynthesis is the foundation of "
                              "most food webs?\nAnswer:",
@@ -256,12 +254,12 @@ def test_builtin_cloze_rendering_of_the_alpaca_files(tmp_path, chat_tokenizer, b
                                 "Carbon dioxide is more available than other gases.",
                                 "The producers in all ecosystems are plants."], "gold": 0}
     with pytest.raises(ValueError, match="partial scoring"):
-        export_multiple_choice("winogrande", tmp_path / "w.jsonl", limit=1)
+        export_multiple_choice("winogrande", tmp_path / "w.jsonl", limit=1, data_dir=local_data())
 
 
 @needs_data
 def test_every_builtin_task_renders_and_loads_the_whole_local_split(tmp_path):
-    """lm-eval builds each task from the local files: full evaluation-split sizes (as in ../shared/data's
+    """lm-eval builds each task from the local files: full evaluation-split sizes (as in the shared data
     README) and lm-eval's rendering of the first item."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
@@ -270,7 +268,7 @@ def test_every_builtin_task_renders_and_loads_the_whole_local_split(tmp_path):
 
     assert set(TASK_NAMES) == set(TASKS)
     names = ["arc-easy", "openbookqa", "social_i_qa", "winogrande", "copa", "boolq", "sst2", "gsm8k", "squad"]
-    folders = render_tasks(names, out=tmp_path / "tasks")
+    folders = render_tasks(names, data_dir=local_data(), out=tmp_path / "tasks")
     tasks = get_task_dict([TASKS[n].lm_eval_name for n in names],
                           TaskManager(include_path=[str(f) for f in folders], include_defaults=False))
     sizes = {"arc_easy": 2376, "openbookqa": 500, "social_iqa": 1954, "winogrande": 1267, "copa": 100,

@@ -1,4 +1,4 @@
-"""Run paratune's local lm-eval tasks through ``lm_eval.simple_evaluate`` and summarise the result."""
+"""Run paratune's lm-eval tasks through ``lm_eval.simple_evaluate`` and summarise the result."""
 
 from __future__ import annotations
 
@@ -7,25 +7,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .offline_mode import offline  # noqa: F401  (re-exported: the quality benchmark imports it from here)
 from .tasks import MULTIPLE_CHOICE, TASKS, render_tasks
 
 
-def offline() -> None:
-    """No hub access: every data set is a local file, every model a local folder or the paratune cache."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
 def simple_evaluate(lm, tasks: list[str], *, data: str | None = None, limit: int | float | None = None,
-                    num_fewshot: int | None = None, apply_chat_template: bool = False, root: str | None = None,
-                    task_dir: str | None = None, log_samples: bool = True, seed: int = 0,
-                    gen_kwargs: dict | None = None, bootstrap_iters: int = 1000) -> dict:
-    """lm-eval's result dict for paratune task names (``TASKS``) on ``lm`` (an lm-eval ``LM``)."""
-    offline()
+                    num_fewshot: int | None = None, apply_chat_template: bool = False,
+                    data_dir: str | None = None, task_dir: str | None = None, log_samples: bool = True,
+                    seed: int = 0, gen_kwargs: dict | None = None, bootstrap_iters: int = 1000) -> dict:
+    """lm-eval's result dict for paratune task names (``TASKS``) on ``lm`` (an lm-eval ``LM``). Built-in tasks
+    read ``data`` (one file, one task), else the local copy (``data_dir``, else $PARATUNE_DATA), else the hub
+    data set lm-eval uses (``paratune.evaluation.sources``)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    folders = render_tasks(tasks, root=root, data=data, out=task_dir)
+    folders = render_tasks(tasks, data_dir=data_dir, data=data, out=task_dir)
     manager = TaskManager(include_path=[str(f) for f in folders], include_defaults=False)
     return lm_eval.simple_evaluate(
         model=lm, tasks=[TASKS[t].lm_eval_name for t in tasks], task_manager=manager, limit=limit,

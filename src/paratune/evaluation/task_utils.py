@@ -1,10 +1,11 @@
 """Document converters and metrics used by the rendered lm-eval task YAMLs (``!function utils.<name>``).
 
-The LLM-Adapters files in ``../shared/data`` (ARC-Easy, OpenBookQA, Social IQa, WinoGrande) hold each item as
+The LLM-Adapters files of the local data layout (ARC-Easy, OpenBookQA, Social IQa, WinoGrande) hold each item as
 an alpaca record whose ``instruction`` embeds the question and the options ("... question: <q>\\n\\nAnswer1: <a>
 Answer2: <b> ...\\n\\nAnswer format: answer1/answer2/..."). ``parse_alpaca_choice`` recovers the question, the
 option texts and the gold index, so the tasks can be scored in lm-eval's cloze formulation (the option *text*
-after the question), not by the "answerN" labels.
+after the question), not by the "answerN" labels. The hub data sets lm-eval reads for the same tasks are mapped
+to the same fields (``process_arc`` ...), so one formulation serves both sources.
 """
 
 from __future__ import annotations
@@ -59,6 +60,27 @@ def _convert(dataset, label_word: str):
 def process_alpaca_answers(dataset):
     """ARC-Easy, OpenBookQA, Social IQa: question, choices (option texts), gold."""
     return _convert(dataset, "Answer")
+
+
+def process_arc(dataset):
+    """ARC rows of allenai/ai2_arc: as lm-eval's arc_easy reads them (options = choices.text)."""
+    return dataset.map(lambda r: {"question": r["question"], "choices": r["choices"]["text"],
+                                  "gold": r["choices"]["label"].index(r["answerKey"])},
+                       remove_columns=dataset.column_names)
+
+
+def process_openbookqa(dataset):
+    """allenai/openbookqa rows: question_stem, choices.text, answerKey (as lm-eval's openbookqa)."""
+    return dataset.map(lambda r: {"question": r["question_stem"], "choices": r["choices"]["text"],
+                                  "gold": r["choices"]["label"].index(r["answerKey"].lstrip())},
+                       remove_columns=dataset.column_names)
+
+
+def process_siqa(dataset):
+    """lighteval/siqa rows: "Q: {context} {question}" with answerA..C and label "1".."3" (as lm-eval's social_iqa)."""
+    return dataset.map(lambda r: {"question": f"{r['context']} {r['question']}",
+                                  "choices": [r["answerA"], r["answerB"], r["answerC"]], "gold": int(r["label"]) - 1},
+                       remove_columns=dataset.column_names)
 
 
 def process_winogrande(dataset):
@@ -119,6 +141,15 @@ def process_squad(dataset):
                 rows.append({"id": qa["id"], "title": article["title"], "context": paragraph["context"],
                              "question": qa["question"], "answers": [a["text"] for a in qa["answers"]]})
     return datasets.Dataset.from_list(rows)
+
+
+def process_squad_rows(dataset):
+    """rajpurkar/squad rows (answers = {"text": [...], "answer_start": [...]}) -> the fields of ``process_squad``."""
+    import datasets
+
+    return datasets.Dataset.from_list([{"id": r["id"], "title": r["title"], "context": r["context"],
+                                        "question": r["question"], "answers": list(r["answers"]["text"])}
+                                       for r in dataset])
 
 
 def squad_process_results(doc, results):

@@ -117,9 +117,10 @@ def squad_record(doc: dict) -> dict:
 
 
 def _sst2_train_docs() -> list[dict]:
-    from ...evaluation.data import data_root
+    from ...evaluation.data import require_data_dir
 
-    lines = (data_root() / "sst2" / "alps_train.tsv").read_text(encoding="utf-8").splitlines()
+    lines = (require_data_dir("paratune bench quality") / "sst2" / "alps_train.tsv").read_text(
+        encoding="utf-8").splitlines()
     header = lines[0].split("\t")
     s, lab = header.index("sentence"), header.index("label")
     return [{"sentence": cols[s], "label": int(cols[lab])}
