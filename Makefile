@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The tests read the evaluation data sets from a local copy; the product itself never assumes this folder.
+PARATUNE_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install test test-slow demo clean
 
@@ -19,10 +21,11 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+	PARATUNE_DATA=$(PARATUNE_DATA) $(BIN)/python -m pytest -q
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	PARATUNE_DATA=$(PARATUNE_DATA) $(BIN)/python -m pytest -q -m slow
 
 demo: install
 	$(BIN)/paratune demo

@@ -5,7 +5,7 @@ import torch
 
 from paratune.generate import GenerateConfig
 from paratune.models import resolve_device, resolve_dtype
-from paratune.server.cli import ServeConfig
+from paratune.server.serve_config import ServeConfig
 
 
 def test_dtypes():

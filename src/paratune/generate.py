@@ -1,6 +1,8 @@
 """`paratune generate`: run prompts through the multi-tenant engine in one batch; JSONL out, in order.
 
-Every flag is a field of ``GenerateConfig``; ``generate(GenerateConfig(...))`` is the same run from Python.
+Every flag is a field of ``GenerateConfig``; ``generate(GenerateConfig(...))`` is the same run from Python. The
+flags themselves are made by the CLI's verb table (``paratune.cli.verbs``) from the dataclass: this module never
+imports the CLI, which sits above it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional
 from .engine import Engine, Request, SamplingParams
 from .jsonl import read_jsonl
 from .models import DEFAULT_MODEL, load_backbone
+from .validation import parse_adapter_specs
 
 _SAMPLING = {f.name for f in fields(SamplingParams)}
 
@@ -65,18 +68,6 @@ class GenerateConfig:
         return {k: v for k, v in values.items() if v is not None}
 
 
-def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
-    adapters = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--adapter expects NAME=PATH, got {spec!r}")
-        if name in adapters:
-            raise ValueError(f"--adapter name {name!r} is given twice")
-        adapters[name] = path
-    return adapters
-
-
 def read_prompts_file(path: str, defaults: dict) -> list[dict]:
     """One JSON object per line: {"prompt": str, "adapter": name or null, "max_tokens": int, ...sampling}."""
     items = []
@@ -103,12 +94,6 @@ def encode(tokenizer, prompt: str, chat: bool) -> list[int]:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
     return tokenizer(prompt)["input_ids"]
-
-
-def run(args) -> int:
-    from .cli import config_from_args
-
-    return generate(config_from_args(GenerateConfig, args))
 
 
 def generate(config: GenerateConfig) -> int:
@@ -148,18 +133,3 @@ def generate(config: GenerateConfig) -> int:
         if config.output:
             out.close()
     return 0
-
-
-def add_parser(commands) -> None:
-    import argparse
-
-    from .cli import add_config_arguments
-
-    p = commands.add_parser(
-        "generate", help="run prompts through the multi-tenant engine",
-        description="Run one prompt or a JSONL file of prompts (each may name its adapter) through the engine "
-        "in one continuously batched run; prints JSONL {adapter, text, token_ids} in input order.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_config_arguments(p, GenerateConfig)
-    p.set_defaults(func=run)

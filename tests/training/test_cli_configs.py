@@ -7,9 +7,12 @@ import dataclasses
 
 import pytest
 
-from paratune.cli import DemoConfig, _bench_config_class, build_parser, config_from_args, main
+from paratune.bench.serve_bench import BenchConfig
+from paratune.cli import build_parser, config_from_args, main
+from paratune.demo.config import DemoConfig
+from paratune.evaluate import EvalConfig
 from paratune.generate import GenerateConfig
-from paratune.server.cli import ServeConfig
+from paratune.server.serve_config import ServeConfig
 from paratune.training.config import TrainConfig
 
 
@@ -21,7 +24,7 @@ def subparser(*path):
 
 
 VERBS = {("train",): TrainConfig, ("generate",): GenerateConfig, ("serve",): ServeConfig, ("demo",): DemoConfig,
-         ("bench", "serve"): _bench_config_class()}
+         ("eval",): EvalConfig, ("bench", "serve"): BenchConfig}
 
 
 @pytest.mark.parametrize("path", list(VERBS), ids=" ".join)
@@ -33,7 +36,7 @@ def test_flags_are_the_config_fields(path):
 
 def test_defaults_round_trip_and_lists():
     args = subparser("bench", "serve").parse_args(["--concurrency", "1,4", "16", "--stream"])
-    cfg = config_from_args(_bench_config_class(), args)
+    cfg = config_from_args(BenchConfig, args)
     assert cfg.concurrency == [1, 4, 16] and cfg.stream is True and cfg.peft_reference is False
     assert cfg.kinds == ["base", "para", "lora"]  # the dataclass default, untouched
     args = subparser("generate").parse_args(["--prompt", "hi", "--adapter", "a=x,y", "--adapter", "b=z"])

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import AdapterRegistry, DecodeAdapters, PrefillAdapters
-from .kv_cache import decode_mask
 from .request import Request
 from .sampler import Sampler
 
@@ -139,3 +138,10 @@ class BatchBuilder:
     def _sampler(self, requests: list[Request]) -> Sampler:
         """The rows' sampling parameters as device tensors (built once per batch composition, not per step)."""
         return Sampler(self.device, [r.params for r in requests], [r.generator for r in requests])
+
+
+def decode_mask(lengths: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """(V, 1, 1, L) additive mask: view row j attends to positions < lengths[j]."""
+    allowed = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=lengths.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None, None, :]

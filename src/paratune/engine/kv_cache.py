@@ -61,13 +61,6 @@ def causal_mask(length: int, dtype: torch.dtype, device) -> torch.Tensor:
         ~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def decode_mask(lengths: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
-    """(V, 1, 1, L) additive mask: view row j attends to positions < lengths[j]."""
-    allowed = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=lengths.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None, None, :]
-
-
 def over_view_rows(batch: "Batch", query: torch.Tensor, view_rows: int, attend) -> torch.Tensor:
     """``attend(query)`` at a decode step, where query row i belongs to the cache view's row
     ``batch.rows_in_view[i]``: with holes in the slot range the queries are scattered into the view's rows (zeros

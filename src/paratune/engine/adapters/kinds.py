@@ -11,17 +11,28 @@ kind an adapter is; adding a kind means adding a class here and its loader in ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
 from ...para.config import ParaConfig
 from ...para.generator import VectorGenerator
+from ...para.site import Site
 from .deltas import RowDeltas, SiteKey
+from .rows import DecodeRowsBuilder, PrefillRowsBuilder
+from .tables import LoraTables, ParaTables
 
-if TYPE_CHECKING:
-    from .registry import AdapterRegistry
-    from .rows import DecodeRowsBuilder, PrefillRowsBuilder
+
+class Host(Protocol):
+    """What installing an adapter needs of its host (``AdapterRegistry``): the tables and the backbone's sites."""
+    para: ParaTables
+    lora: LoraTables
+
+    def layer_sites(self, index: int, targets) -> dict[str, Site]: ...
+
+    def add_site(self, index: int, site: Site) -> SiteKey: ...
+
+    def ia3_site(self, path: str, vector: torch.Tensor, side: str) -> tuple[int, Site]: ...
 
 
 class Adapter:
@@ -31,10 +42,10 @@ class Adapter:
     sites: list[SiteKey]  # the sites its rows scale (PARA, (IA)^3)
     lora_modules: list[str]  # the module paths its rows add LoRA to
 
-    def install(self, registry: "AdapterRegistry") -> None:
+    def install(self, registry: Host) -> None:
         raise NotImplementedError
 
-    def uninstall(self, registry: "AdapterRegistry") -> None:
+    def uninstall(self, registry: Host) -> None:
         pass
 
     def join(self, kv_slot: int, deltas: RowDeltas) -> None:
@@ -44,11 +55,11 @@ class Adapter:
     def leave(self, kv_slot: int, deltas: RowDeltas) -> None:
         deltas.leave(kv_slot)
 
-    def prefill_row(self, rows: "PrefillRowsBuilder", kv_slot: int, segment: tuple[int, int],
+    def prefill_row(self, rows: PrefillRowsBuilder, kv_slot: int, segment: tuple[int, int],
                     pooled: tuple[int, int]) -> None:
         """Add a prompt at ``segment`` of the packed row (its PARA pool: ``pooled``) to the step's adaptations."""
 
-    def decode_row(self, rows: "DecodeRowsBuilder", row: int) -> None:
+    def decode_row(self, rows: DecodeRowsBuilder, row: int) -> None:
         """Add decode row ``row`` to the step's adaptations (scaling rows need nothing: their deltas are read by
         KV slot)."""
 
@@ -60,7 +71,7 @@ class ParaAdapter(Adapter):
         self.name, self.config, self.generators = name, config, generators
         self.sites, self.lora_modules = [], []
 
-    def install(self, registry: "AdapterRegistry") -> None:
+    def install(self, registry: Host) -> None:
         for index in self.generators:
             for site in registry.layer_sites(index, self.config.targets).values():
                 self.sites.append(registry.add_site(index, site))
@@ -70,7 +81,7 @@ class ParaAdapter(Adapter):
         # that every full garbage collection walked.
         self.generators = None
 
-    def uninstall(self, registry: "AdapterRegistry") -> None:
+    def uninstall(self, registry: Host) -> None:
         registry.para.remove(self.name)
 
     def prefill_row(self, rows, kv_slot, segment, pooled) -> None:
@@ -85,11 +96,11 @@ class LoraAdapter(Adapter):
         self.name, self.r, self.scaling, self.weights = name, r, scaling, weights  # path -> (A (r, in), B (out, r))
         self.sites, self.lora_modules = [], list(weights)
 
-    def install(self, registry: "AdapterRegistry") -> None:
+    def install(self, registry: Host) -> None:
         self.slot = registry.lora.add(self.name, self.scaling, self.weights)
         self.weights = None  # the table holds them now
 
-    def uninstall(self, registry: "AdapterRegistry") -> None:
+    def uninstall(self, registry: Host) -> None:
         registry.lora.remove(self.name)
 
     def prefill_row(self, rows, kv_slot, segment, pooled) -> None:
@@ -111,7 +122,7 @@ class Ia3Adapter(Adapter):
         self.sites, self.lora_modules = [], []
         self._deltas: list[tuple[SiteKey, torch.Tensor]] = []
 
-    def install(self, registry: "AdapterRegistry") -> None:
+    def install(self, registry: Host) -> None:
         for path, (vector, side) in self.vectors.items():
             key = registry.add_site(*registry.ia3_site(path, vector, side))
             self.sites.append(key)

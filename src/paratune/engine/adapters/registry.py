@@ -95,7 +95,8 @@ class AdapterRegistry:
             adapter = self._of(request)
             if adapter is not None:
                 adapter.prefill_row(rows, kv_slot, segment, pool)
-        para = ParaPrefill(self, rows.para, self.device) if rows.para else None
+        para = ParaPrefill(self.para, self.deltas, self.layers, self.layer_sites, rows.para, self.device) \
+            if rows.para else None
         return PrefillAdapters(self.deltas.active(), self.deltas.sides, rows.lora, self.lora, rows.scaled, para)
 
     def for_decode(self, requests: list[Request], view: tuple[int, int], index: torch.Tensor | None

@@ -10,17 +10,16 @@ hooks of the transformers forward call them per hooked module, the hand-written 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
+from torch import nn
 
 from ... import ops
 from ...para.scaling import module_scales
-from .deltas import SiteKey
-from .tables import LoraTables
-
-if TYPE_CHECKING:
-    from .registry import AdapterRegistry
+from ...para.site import Site
+from .deltas import RowDeltas, SiteKey
+from .tables import LoraTables, ParaTables
 
 
 @dataclass
@@ -114,8 +113,10 @@ class ParaPrefill:
     """Every PARA row's vectors, from its own prompt, in one batched computation per layer over the adapter
     tables, written into the row's delta rows before the layer runs (so V enters the KV cache already scaled)."""
 
-    def __init__(self, registry: "AdapterRegistry", members: list[tuple[int, int, tuple[int, int]]], device):
-        self.registry = registry
+    def __init__(self, tables: ParaTables, deltas: RowDeltas, layers: nn.ModuleList,
+                 layer_sites: Callable[[int, list[str]], dict[str, Site]],
+                 members: list[tuple[int, int, tuple[int, int]]], device):
+        self.tables, self.deltas, self.layers, self.layer_sites = tables, deltas, layers, layer_sites
         self.table_slots = [table_slot for table_slot, _, _ in members]
         self.kv_slots = torch.tensor([kv_slot for _, kv_slot, _ in members], device=device)
         spans = [span for _, _, span in members]
@@ -127,13 +128,12 @@ class ParaPrefill:
         self.segments = torch.cat([torch.full((end - start,), j, device=device) for j, (start, end) in enumerate(spans)])
 
     def __call__(self, index: int, hidden: torch.Tensor) -> None:
-        registry = self.registry
-        if not registry.para.targets[index]:
+        if not self.tables.targets[index]:
             return
-        vectors = registry.para.vectors(index, hidden[0, self.tokens], self.segments, self.table_slots)
-        sites = registry.layer_sites(index, list(vectors))
-        deltas = registry.deltas
-        for path, delta in module_scales(registry.layers[index], sites, vectors, deltas.dtype).items():
+        vectors = self.tables.vectors(index, hidden[0, self.tokens], self.segments, self.table_slots)
+        sites = self.layer_sites(index, list(vectors))
+        deltas = self.deltas
+        for path, delta in module_scales(self.layers[index], sites, vectors, deltas.dtype).items():
             key = (index, path)
             if key in deltas.tables:
                 deltas.write(key, self.kv_slots, delta[:, 0])
