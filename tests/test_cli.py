@@ -1,16 +1,16 @@
 """The verb table behind `paratune`: every verb is listed and has a working --help, the table's references resolve,
-`paratune --help` loads no verb, and a verb whose module has no config dataclass yet falls back to its own parser."""
+and `paratune --help` loads no verb."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
 
 import pytest
 
-from paratune.cli import VERBS, Verb, build_parser, main
-from paratune.cli import parser as cli_parser
+from paratune.cli import VERBS, build_parser, main
 from paratune.cli.verbs import load
 
 LEAVES = [(verb.name, child.name) if child else (verb.name,)
@@ -51,8 +51,7 @@ def test_table_references_resolve(path):
     if len(path) == 2:
         verb = next(c for c in verb.children if c.name == path[1])
     assert callable(load(verb.run))
-    config = load(verb.config, optional=verb.legacy_parser is not None)
-    assert config is not None or callable(load(verb.legacy_parser))
+    assert dataclasses.is_dataclass(load(verb.config))
 
 
 def test_help_loads_no_verb():
@@ -76,20 +75,9 @@ def test_help_loads_no_verb():
     assert not loaded & heavy, sorted(loaded & heavy)
 
 
-def _legacy_add_parser(commands) -> None:
-    p = commands.add_parser("old", help="a verb with its own argparse front")
-    p.add_argument("--n", type=int, required=True)
-    p.set_defaults(func=lambda args: 0 if args.n == 1 else 7)
-
-
-def test_a_verb_without_its_config_yet_uses_its_own_parser(monkeypatch, capsys):
-    verb = Verb("old", help="a verb with its own argparse front", config="paratune.cli.verbs:NoSuchConfig",
-                run="paratune.cli.commands:evaluate", legacy_parser=f"{__name__}:_legacy_add_parser")
-    monkeypatch.setattr(cli_parser, "VERBS", (verb,))
-    assert main(["old", "--n", "1"]) == 0 and main(["old", "--n", "2"]) == 7
-    assert "--n N" in help_text(["old"], capsys)
+def test_a_verb_whose_config_is_missing_fails_loudly():
     with pytest.raises(ImportError, match="has no attribute 'NoSuchConfig'"):
-        load(verb.config)
+        load("paratune.cli.verbs:NoSuchConfig")
 
 
 def test_full_parser_has_every_verb_with_flags():

@@ -17,7 +17,6 @@ the folder). The exact wording is ``paratune.evaluation.sources.FILE_FORMATS``, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import time
@@ -159,37 +158,3 @@ def main(config: EvalConfig) -> int:
         path, samples = write_results(results, config.output, extra)
         print(f"lm-eval results written to {path}" + (f", per-example records to {samples}" if samples else ""))
     return 0
-
-
-def run(args) -> int:
-    """``paratune eval`` from parsed flags (``add_parser``): the flags are ``EvalConfig``'s fields."""
-    return main(EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig) if hasattr(args, f.name)}))
-
-
-def add_parser(commands) -> None:
-    """The ``eval`` verb: one flag per ``EvalConfig`` field, help from the field's metadata."""
-    p = commands.add_parser(
-        "eval", help="evaluate a backbone (+ adapter) with lm-evaluation-harness",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Runs lm_eval.simple_evaluate on paratune's task definitions (lm-eval's own formulations). "
-        "A built-in task reads --data FILE, else the local copy in --data-dir DIR or $PARATUNE_DATA, else the hub "
-        "data set lm-eval itself uses (through the datasets cache). Multiple-choice tasks score "
-        "each option's text after the context (acc; acc_norm divides the log-likelihood by the option's length "
-        "in characters); gsm8k, squad and bbh generate greedily. --task multiple-choice --data F.jsonl scores "
-        "a file of {\"query\", \"choices\", \"gold\"} lines as query + \" \" + choice. PARA adapters receive "
-        "the context tokens as the prompt mask; any other PEFT adapter is evaluated as PEFT loads it.")
-    helps = {f.name: f.metadata["help"] for f in fields(EvalConfig)}
-    p.add_argument("--model", default=DEFAULT_MODEL, help=helps["model"])
-    p.add_argument("--adapter", help=helps["adapter"])
-    p.add_argument("--task", required=True, choices=[*TASK_NAMES, "file"], metavar="TASK", help=helps["task"])
-    p.add_argument("--data", help=helps["data"])
-    p.add_argument("--data-dir", help=helps["data_dir"])
-    p.add_argument("--limit", type=int, help=helps["limit"])
-    p.add_argument("--batch-size", type=int, default=8, help=helps["batch_size"])
-    p.add_argument("--num-fewshot", type=int, help=helps["num_fewshot"])
-    p.add_argument("--chat-template", action="store_true", help=helps["chat_template"])
-    p.add_argument("--max-new-tokens", type=int, help=helps["max_new_tokens"])
-    p.add_argument("--device", default="cpu", help=helps["device"])
-    p.add_argument("--seed", type=int, default=0, help=helps["seed"])
-    p.add_argument("--output", help=helps["output"])
-    p.set_defaults(func=run)

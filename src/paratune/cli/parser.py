@@ -35,15 +35,12 @@ def _add_verb(commands, verb: Verb, argv: Optional[list[str]]) -> None:
             for child in verb.children:
                 _add_verb(group, child, argv)
         return
-    config_cls = load(verb.config, optional=verb.legacy_parser is not None) if named else None
-    if named and config_cls is None:  # the verb's module has no config dataclass yet: its own argparse front
-        load(verb.legacy_parser)(commands)
-        return
     parser = commands.add_parser(verb.name, help=verb.help, description=verb.description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if not named:
         return
-    add_config_arguments(parser, config_cls, required=verb.required, helps=verb.helps)
+    config_cls = load(verb.config)
+    add_config_arguments(parser, config_cls, required=verb.required)
     for flag, options in verb.extra_flags:
         parser.add_argument(flag, **options)
     parser.set_defaults(func=partial(_run_verb, config_cls, verb.run))

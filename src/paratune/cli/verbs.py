@@ -9,7 +9,7 @@ modules); the table only says where.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 
@@ -18,9 +18,8 @@ class Verb:
     """One command. A verb with ``children`` is a group (``bench``) whose sub-verbs are chosen by a second word.
 
     ``config``: the dataclass whose fields are the flags. ``run``: ``f(config, args) -> exit code`` (``args`` for
-    what lies outside the config: the command line, ``extra_flags``). ``required`` / ``helps``: flags made
-    required, help texts that replace the fields' own. ``extra_flags``: ``(flag, argparse keywords)`` pairs
-    beside the config's. ``legacy_parser``: an ``add_parser(commands)`` used when ``config`` does not exist yet.
+    what lies outside the config: the command line, ``extra_flags``). ``required``: flags made required.
+    ``extra_flags``: ``(flag, argparse keywords)`` pairs beside the config's (flags that are not settings).
     """
 
     name: str
@@ -29,9 +28,7 @@ class Verb:
     config: Optional[str] = None
     run: Optional[str] = None
     required: tuple[str, ...] = ()
-    helps: dict[str, str] = field(default_factory=dict)
     extra_flags: tuple[tuple[str, dict[str, Any]], ...] = ()
-    legacy_parser: Optional[str] = None
     children: tuple["Verb", ...] = ()
 
 
@@ -43,28 +40,6 @@ def load(ref: str, *, optional: bool = False) -> Any:
         raise ImportError(f"{module} has no attribute {attribute!r}")
     return value
 
-
-BENCH_SERVE_HELP = {
-    "systems": "what to run: engine (decode only), llama-batched-bench, paratune (our HTTP server), llama-server",
-    "kinds": "base (no adapter), para, lora (r=16 on q,v,up; one distinct adapter per concurrent client)",
-    "concurrency": "concurrent requests (closed loop) and batch sizes (decode only)",
-    "modes": "HTTP arrival patterns: closed (N clients back to back), poisson (open loop at --poisson-rates)",
-    "poisson_rates": "Poisson arrival rates, requests/s", "poisson_requests": "requests per Poisson run (0 skips)",
-    "repeats": "repeats; systems alternate within each", "prompt_len": "prompt tokens per request",
-    "new_tokens": "tokens generated per request (max_tokens, EOS ignored where the server allows it)",
-    "requests_per_client": "requests each closed-loop client sends", "min_requests": "fewest requests per closed-loop run",
-    "threads": "CPU threads for llama.cpp and for our engine/server", "stream": "stream responses (adds TTFT)",
-    "prefill_len": "prompt length of the PARA prefill-overhead check",
-    "prefill_batch": "prompts of the prefill-overhead check",
-    "peft_reference": "also time PEFT's mixed-batch LoRA generate (decode only)",
-    "engine_model": "backbone of the decode-only engine run (random Llama shapes only with --systems engine)",
-    "device": "device of the decode-only engine run",
-    "dtype": "float32, bfloat16 or float16: every paratune run, and llama.cpp's base GGUF in the same precision "
-             "(F32, BF16, F16)",
-    "llama_cpp_version": "llama-cpp-python sdist whose vendored llama.cpp is built and cached (empty: the pinned "
-                         "version, bench/llama_cpp.py LLAMA_CPP_PYTHON_VERSION)",
-    "output": "folder for serve.md / serve.json / serve.png",
-}
 
 VERBS: tuple[Verb, ...] = (
     Verb(
@@ -96,9 +71,7 @@ VERBS: tuple[Verb, ...] = (
         "in characters); gsm8k, squad and bbh generate greedily. --task multiple-choice --data F.jsonl scores "
         "a file of {\"query\", \"choices\", \"gold\"} lines as query + \" \" + choice. PARA adapters receive "
         "the context tokens as the prompt mask; any other PEFT adapter is evaluated as PEFT loads it.",
-        config="paratune.evaluate:EvalConfig", run="paratune.cli.commands:evaluate", required=("task",),
-        # until evaluate.py has EvalConfig and main(config): its own argparse front
-        legacy_parser="paratune.evaluate:add_parser"),
+        config="paratune.evaluate:EvalConfig", run="paratune.cli.commands:evaluate", required=("task",)),
     Verb(
         "serve", help="OpenAI-compatible server: one backbone, many adapters",
         description="Serve the backbone and its adapters over an OpenAI-compatible API. A request names its "
@@ -117,8 +90,7 @@ VERBS: tuple[Verb, ...] = (
                 "built once from the llama-cpp-python sdist and cached. Systems alternate within each repeat; "
                 "writes serve.md, serve.json and serve.png. Quick look: --systems engine paratune --concurrency 1 8 "
                 "--repeats 1 --modes closed.",
-                config="paratune.bench.serve_bench:BenchConfig", run="paratune.cli.commands:bench_serve",
-                helps=BENCH_SERVE_HELP),
+                config="paratune.bench.serve_bench:BenchConfig", run="paratune.cli.commands:bench_serve"),
             Verb(
                 "quality", help="fair quality protocol: PARA vs LoRA vs (IA)^3 vs prompt tuning (resumable, hours "
                 "on a CPU)",
