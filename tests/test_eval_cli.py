@@ -133,7 +133,7 @@ def test_builtin_task_on_a_users_file_or_folder(task, given, tiny_folder, tmp_pa
     assert printed["n"] == 2 and printed["acc"] == pytest.approx(acc)
     assert printed["data"] == (str(file) if given == "data" else f"{tmp_path / 'copy'}: {folder_file}")
     results = json.loads(out.read_text())
-    assert results["paratune"]["command"] == shlex.join(["paratune", *argv])  # the defaults left out
+    assert results["paratune"]["command"] == shlex.join(["paratune", *argv])  # the command as typed
     samples = [json.loads(line) for line in out.with_name("result.samples.jsonl").read_text().splitlines()]
     assert [s["arguments"][0][0] for s in samples] == [i["query"] for i in items[:2]]  # lm-eval's context
     for sample, expected in zip(samples, lls):

@@ -18,9 +18,8 @@ the folder). The exact wording is ``paratune.evaluation.sources.FILE_FORMATS``, 
 from __future__ import annotations
 
 import json
-import shlex
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -99,17 +98,6 @@ class EvalConfig:
         check("seed", self.seed, is_int(self.seed, 0), "an integer >= 0")
         check("output", self.output, self.output is None or text(self.output), "a file path or None")
 
-    def command(self) -> str:
-        """The ``paratune eval`` command line of this config (fields left at their default are omitted)."""
-        argv = ["paratune", "eval"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value == f.default:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            argv += [flag] if value is True else [flag, str(value)]
-        return shlex.join(argv)
-
 
 def run_eval(lm, task: str, data: str | None = None, limit: int | None = None, num_fewshot: int | None = None,
              apply_chat_template: bool = False, max_new_tokens: int | None = None, seed: int = 0,
@@ -129,9 +117,10 @@ def run_eval(lm, task: str, data: str | None = None, limit: int | None = None, n
     return result, results
 
 
-def main(config: EvalConfig) -> int:
-    """Score ``config.task`` and print the summary JSON; with ``config.output`` also write lm-eval's files.
-    The data is found (and a bad file or a missing data set reported) before the model loads."""
+def main(config: EvalConfig, command: str | None = None) -> int:
+    """Score ``config.task`` and print the summary JSON; with ``config.output`` also write lm-eval's files (with
+    ``command``, the command line that asked for them, and the config). The data is found (and a bad file or a
+    missing data set reported) before the model loads."""
     from .evaluation.multiple_choice import MULTIPLE_CHOICE, read_multiple_choice
     from .evaluation.offline_mode import offline
     from .evaluation.sources import resolve
@@ -154,7 +143,7 @@ def main(config: EvalConfig) -> int:
     result = {"model": config.model, "adapter": config.adapter, "data": where, **result}
     print(json.dumps(result, indent=1))
     if config.output:
-        extra = {"summary": result, "command": config.command()}
+        extra = {"summary": result, "command": command, "config": asdict(config)}
         path, samples = write_results(results, config.output, extra)
         print(f"lm-eval results written to {path}" + (f", per-example records to {samples}" if samples else ""))
     return 0

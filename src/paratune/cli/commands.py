@@ -46,7 +46,7 @@ def train(config, args) -> int:
 def evaluate(config, args) -> int:
     from ..evaluate import main as run
 
-    return run(config)
+    return run(config, _command(args))
 
 
 def serve(config, args) -> int:

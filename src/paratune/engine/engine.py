@@ -155,10 +155,9 @@ class Engine:
     # ----- requests -------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> Request:
         self._check_adapter(request.adapter)
-        self.scheduler.check(request)
         request.generator = seeded_generator(request.params, self.device)
         request.detokenizer = make_detokenizer(self._detokenizer_backend, self.tokenizer, request.params.stop)
-        self.scheduler.add(request)
+        self.scheduler.add(request)  # checks that it could ever run, then queues it
         return request
 
     def generate(self, requests: list[Request]) -> list[Request]:

@@ -138,8 +138,8 @@ class GenerationService:
                 yield "data: [DONE]\n\n"
             except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
                 status = 404
-                yield "data: " + json.dumps({"error": {"message": f"model {request.adapter!r} was unloaded",
-                                                       "type": "not_found_error"}}) + "\n\n"
+                error = adapter_unloaded(request.adapter)
+                yield "data: " + json.dumps({"error": {"message": error.message, "type": error.type}}) + "\n\n"
             except asyncio.CancelledError:  # client went away: the stream's finally cancelled the request
                 status = 499
                 raise

@@ -51,7 +51,7 @@ def serve(config: ServeConfig) -> int:
                                  max_prompt_tokens=config.max_prompt_tokens,
                                  max_completion_tokens=config.max_completion_tokens, adapter_root=root)
     # The engine steps on this (the main) thread, which loaded the model: PyTorch's intra-op parallelism is fast
-    # only on the first thread that used it (bench/thread_check.py: 1.11 s vs 1.89 s for one request), so HTTP
+    # only on the first thread that used it (1.11 s vs 1.89 s for one request on a 2-core CPU; docs/performance.md), so HTTP
     # gets the background thread. Ctrl-C lands here and stops both.
     app = create_app(engine, server_config, engine_thread=False)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,

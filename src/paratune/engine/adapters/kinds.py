@@ -49,11 +49,9 @@ class Adapter:
         pass
 
     def join(self, kv_slot: int, deltas: RowDeltas) -> None:
-        """A request of this adapter takes KV slot ``kv_slot``."""
+        """A request of this adapter takes KV slot ``kv_slot`` (leaving is the same for every kind:
+        ``RowDeltas.leave``)."""
         deltas.join(kv_slot, self.sites)
-
-    def leave(self, kv_slot: int, deltas: RowDeltas) -> None:
-        deltas.leave(kv_slot)
 
     def prefill_row(self, rows: PrefillRowsBuilder, kv_slot: int, segment: tuple[int, int],
                     pooled: tuple[int, int]) -> None:
