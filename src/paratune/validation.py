@@ -38,3 +38,29 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"--adapter name {name!r} is given twice")
         adapters[name] = path
     return adapters
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_bytes(name: str, value) -> int:
+    """A size in bytes from an int or a string such as "2GiB", "500MB", "1.5 GiB" (units: B, KB, MB, GB, TB
+    powers of 1000; KiB, MiB, GiB, TiB powers of 1024)."""
+    if is_int(value, 1):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        if unit in _UNITS and is_number(_float(number), 0, strict=True):
+            return int(float(number) * _UNITS[unit])
+    raise ValueError(f"{name} must be a size in bytes: a positive integer or a number with a unit (B, KB, MB, GB, "
+                     f"KiB, MiB, GiB), e.g. 2GiB; got {value!r}")
+
+
+def _float(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return None

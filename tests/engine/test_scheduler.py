@@ -3,7 +3,7 @@
 import pytest
 
 from paratune.engine import NoFreeSlot, Request, SamplingParams
-from paratune.engine.scheduler import Scheduler
+from paratune.engine.scheduler import ADMIT, DROP, WAIT, Scheduler
 
 
 def request(prompt: int, max_tokens: int, adapter=None) -> Request:
@@ -16,13 +16,13 @@ def test_admits_in_arrival_order_into_the_lowest_free_slots_within_the_budgets()
     for r in queue:
         scheduler.add(r)
     # the prefill budget (12 prompt tokens) stops after the first two prompts
-    assert scheduler.admit(lambda r: True) == [(0, queue[0]), (1, queue[1])]
+    assert scheduler.admit(lambda r: ADMIT) == [(0, queue[0]), (1, queue[1])]
     # the third fits the KV budget (20 + 10 <= 40) and takes the last slot; the fourth waits for a slot
-    assert scheduler.admit(lambda r: True) == [(2, queue[2])]
-    assert scheduler.admit(lambda r: True) == [] and list(scheduler.waiting) == [queue[3]]
+    assert scheduler.admit(lambda r: ADMIT) == [(2, queue[2])]
+    assert scheduler.admit(lambda r: ADMIT) == [] and list(scheduler.waiting) == [queue[3]]
     queue[1].finish_reason = "length"
-    assert scheduler.retire() == [1]
-    assert scheduler.admit(lambda r: True) == [(1, queue[3])]
+    assert scheduler.retire() == [(1, queue[1])]
+    assert scheduler.admit(lambda r: ADMIT) == [(1, queue[3])]
     assert scheduler.reserved_tokens() == 12 + 10 + 4
 
 
@@ -31,11 +31,11 @@ def test_kv_budget_holds_a_request_back_until_running_ones_finish():
     first, second = request(6, 8), request(6, 8)  # 14 each: one at a time
     scheduler.add(first)
     scheduler.add(second)
-    assert scheduler.admit(lambda r: True) == [(0, first)]
-    assert scheduler.admit(lambda r: True) == []
+    assert scheduler.admit(lambda r: ADMIT) == [(0, first)]
+    assert scheduler.admit(lambda r: ADMIT) == []
     first.finish_reason = "eos"
     scheduler.retire()
-    assert scheduler.admit(lambda r: True) == [(0, second)]
+    assert scheduler.admit(lambda r: ADMIT) == [(0, second)]
 
 
 def test_cancelled_and_unservable_requests_are_dropped_not_run():
@@ -44,7 +44,7 @@ def test_cancelled_and_unservable_requests_are_dropped_not_run():
     for r in (gone, cancelled, kept):
         scheduler.add(r)
     scheduler.cancel(cancelled)
-    assert scheduler.admit(lambda r: r.adapter is None) == [(0, kept)]
+    assert scheduler.admit(lambda r: ADMIT if r.adapter is None else DROP) == [(0, kept)]
     assert scheduler.pop_dropped() == [gone] and gone.finish_reason == "cancelled"
     assert cancelled.finish_reason == "cancelled" and cancelled not in scheduler.waiting
 
@@ -63,8 +63,23 @@ def test_a_borrowed_slot_is_outside_the_batch_and_none_is_left_when_all_run():
     scheduler = Scheduler(max_batch=1, max_seq_len=16, kv_budget_tokens=None, max_prefill_tokens=100)
     slot = scheduler.borrow()
     scheduler.add(request(2, 2))
-    assert scheduler.admit(lambda r: True) == []  # the only slot is lent out
+    assert scheduler.admit(lambda r: ADMIT) == []  # the only slot is lent out
     scheduler.give_back(slot)
-    assert [s for s, _ in scheduler.admit(lambda r: True)] == [0]
+    assert [s for s, _ in scheduler.admit(lambda r: ADMIT)] == [0]
     with pytest.raises(NoFreeSlot, match="every KV slot is running a request"):
         scheduler.borrow()
+
+
+def test_a_request_whose_adapter_is_not_ready_keeps_its_place_while_later_ones_go_ahead():
+    scheduler = Scheduler(max_batch=4, max_seq_len=64, kv_budget_tokens=None, max_prefill_tokens=100)
+    loading, ready, also_loading, ready_too = (request(2, 2, "cold"), request(2, 2, "warm"), request(2, 2, "cold"),
+                                               request(2, 2, "warm"))
+    for r in (loading, ready, also_loading, ready_too):
+        scheduler.add(r)
+    place = {"cold": WAIT, "warm": ADMIT}
+    assert scheduler.admit(lambda r: place[r.adapter]) == [(0, ready), (1, ready_too)]
+    assert list(scheduler.waiting) == [loading, also_loading]  # in arrival order, at the head
+    scheduler.add(later := request(2, 2, "warm"))
+    place["cold"] = ADMIT
+    assert scheduler.admit(lambda r: place[r.adapter]) == [(2, loading), (3, also_loading)]
+    assert list(scheduler.waiting) == [later]

@@ -1,9 +1,12 @@
 """An asyncio front for the engine: a background thread runs the step loop; callers stream tokens.
 
-All engine mutations (new requests, cancellations, adapter loads) and all reads of engine state (adapters, scores)
-are queued as commands and run by the engine thread between steps, so the engine itself needs no locks. This class
-is the server's only door into the engine: what the event loop needs to know without waiting for a step (how
-many requests run, which adapters are loaded) the engine thread publishes here as immutable values.
+All engine mutations (new requests, cancellations, adapter loads and unloads) and all reads of the engine's own
+state (scores) are queued as commands and run by the engine thread between steps, so the engine itself needs no
+locks. The adapter store is the exception by design: it is thread-safe, so the event loop asks it directly which
+adapters exist and holds a request's adapter, awaiting its load (done on the store's loader thread) before the
+request reaches the engine; a slow first load then never holds up the step loop. This class is the server's only
+door into the engine: what the event loop needs to know without waiting for a step (how many requests run) the
+engine thread publishes here as an immutable value.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class AsyncEngine:
         # Published by the engine thread, read on the event loop: each is replaced whole, never changed in place,
         # so a reader sees one consistent value without a lock. Adapters change only through this front.
         self._running_count = 0  # requests in the running batch after the engine thread's last step
-        self._adapter_kinds: dict[str, str] | None = None  # name -> kind; None until first asked for
+        self.store = engine.store
+        self.store.add_listener(self._wake.set)  # a finished load may let a waiting request in
         self._thread = threading.Thread(target=self._loop, name="paratune-engine", daemon=True) if own_thread else None
         if self._thread is not None:
             self._thread.start()
@@ -88,9 +92,6 @@ class AsyncEngine:
     def _publish_running(self) -> None:
         self._running_count = len(self.engine.running)
 
-    def _publish_adapters(self) -> None:
-        self._adapter_kinds = dict(sorted(self.engine.adapters().items()))
-
     def _notify(self, request: Request, token: int) -> None:
         listener = self._listeners.get(request.id)
         if listener is not None:
@@ -119,11 +120,14 @@ class AsyncEngine:
         """Submit ``request`` and yield its tokens as they are produced; cancelling the iterator (e.g. a client
         disconnect) cancels the request and frees its slot."""
         if request.adapter in self._draining:
+            self.release(request)
             raise KeyError(f"adapter {request.adapter!r} is being unloaded")
         # Counted on the event loop before the request reaches the engine thread, so an unload that starts now
         # waits for it (the engine's own queues would not show it until the add command has run).
         self._in_flight[request.adapter] += 1
         try:
+            if request.adapter is not None and not request.adapter_held:
+                await self.hold(request)
             async for event in self._stream(request):
                 yield event
         finally:
@@ -136,7 +140,11 @@ class AsyncEngine:
         # (request.text is an immutable str the engine replaces as it grows: the snapshot is that token's text.)
         self._listeners[request.id] = lambda r, t: loop.call_soon_threadsafe(
             tokens.put_nowait, (t, r.finish_reason, r.logprobs[-1] if r.params.logprobs and t >= 0 else None, r.text))
-        await self._run(lambda: self.engine.add_request(request))
+        try:
+            await self._run(lambda: self.engine.add_request(request))
+        except BaseException:
+            self.release(request)  # the engine never took it (a request it took releases its own hold)
+            raise
         # Text that a stop string could still claim is held back until the request moves past it or ends.
         hold = max((len(s) for s in request.params.stop), default=1) - 1
         sent = 0
@@ -161,50 +169,107 @@ class AsyncEngine:
     async def score(self, ids: list[int], adapter: str | None, context: int | None = None, top_k: int = 0,
                     next_params: SamplingParams | None = None) -> PromptScores:
         """``Engine.score`` (every prompt token's log-probability, echo scoring) run on the engine thread between
-        steps. Raises ``NoFreeSlot`` when every KV slot is busy and KeyError for an unknown adapter."""
-        return await self._run(lambda: self.engine.score(ids, adapter, context, top_k, next_params))
+        steps, its adapter loaded first off that thread. Raises ``NoFreeSlot`` when every KV slot is busy,
+        KeyError for an unknown adapter and AdapterError for one that cannot be loaded."""
+        if adapter is None:
+            return await self._run(lambda: self.engine.score(ids, None, context, top_k, next_params))
+        holder = Request([0], adapter)
+        await self.hold(holder)
+        try:
+            return await self._run(lambda: self.engine.score(ids, adapter, context, top_k, next_params, held=True))
+        finally:
+            self.release(holder)
+
+    # ----- adapters (the store is thread-safe: read and held from the event loop) -------------------------
+    async def hold(self, request: Request) -> bool:
+        """Hold ``request``'s adapter and wait until it is cached (loaded on the store's loader thread; concurrent
+        first requests share one load). Returns True when it was already cached (a hit). Raises KeyError for an
+        unknown adapter, AdapterError when it cannot be loaded (the hold is then released)."""
+        future = self.store.hold(request.adapter)
+        request.adapter_held = True
+        try:
+            # shielded: a client going away must not cancel a load that other requests share
+            await asyncio.shield(asyncio.wrap_future(future))
+        except BaseException:
+            self.release(request)
+            raise
+        return future.hit
+
+    def release(self, request: Request) -> None:
+        """Release a hold the engine never took over (the request was refused or abandoned before it queued)."""
+        if request.adapter_held:
+            request.adapter_held = False
+            self.store.release(request.adapter)
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` can be served now (an adapter folder or added by name, and not being unloaded)."""
+        return name not in self._draining and self.store.catalog.path(name) is not None
+
+    def kind(self, name: str) -> str:
+        """PARA, LORA or IA3 (read from the cached copy, else the folder's adapter_config.json)."""
+        host = self.store.get_quiet(name)
+        if host is not None:
+            return host.kind
+        path = self.store.catalog.path(name)
+        if path is None:
+            raise KeyError(name)
+        return self.store.backbone.kind_of(path)
+
+    def tier(self, name: str) -> str | None:
+        """Where ``name`` is now: "device" (installed in the slot tables), "host" (cached) or None (on disk)."""
+        if name in self.engine.registry.adapters:  # a dict membership read: atomic under the GIL
+            return "device"
+        return "host" if self.store.is_resident(name) else None
+
+    def available(self, include_draining: bool = False) -> list[str]:
+        """Every adapter name that can be served, sorted (one scan of the adapter folder)."""
+        return [n for n in self.store.catalog.names() if include_draining or n not in self._draining]
 
     async def adapters(self, include_draining: bool = False) -> dict[str, str]:
-        """{name: kind} of the loaded adapters (kind: PARA, LORA or IA3), sorted by name; those being unloaded
-        only with ``include_draining``. The first call asks the engine thread; later ones read what it published
-        after each load and unload, so checking a request's adapter costs no wait for a step."""
-        if self._adapter_kinds is None:
-            await self._run(self._publish_adapters)
-        kinds = self._adapter_kinds
-        return {name: kind for name, kind in kinds.items() if include_draining or name not in self._draining}
+        """{name: kind} of the adapters cached in memory, sorted by name; those being unloaded only with
+        ``include_draining``."""
+        kinds = {}
+        for name in self.store.resident():
+            host = self.store.get_quiet(name)
+            if host is not None and (include_draining or name not in self._draining):
+                kinds[name] = host.kind
+        return dict(sorted(kinds.items()))
+
+    def adapter_stats(self) -> dict:
+        """What the metrics export of the adapter tiers: counters, residency and bytes per tier, load times."""
+        store, registry = self.store, self.engine.registry
+        with store._lock:
+            loads = dict(store.loads)
+            times = store.load_times
+            histogram = (times.buckets, list(times.counts), times.total, times.count)
+            stats = {"hits": store.hits, "misses": store.misses, "host_evictions": store.host_evictions,
+                     "failures": store.failures, "host_resident": len(store._host), "host_bytes": store._bytes}
+        stats.update(loads=loads, load_seconds=histogram, capacity=store.capacity,
+                     device_resident=len(registry.adapters), device_evictions=registry.evictions,
+                     device_bytes=registry.table_bytes, max_active=registry.max_active)
+        return stats
 
     def running_count(self) -> int:
         """Requests in the running batch, as the engine thread published it after its last step (no waiting)."""
         return self._running_count
 
     async def add_adapter(self, name: str, path) -> str:
-        def add() -> str:
-            try:
-                return self.engine.add_adapter(name, path)
-            finally:
-                self._publish_adapters()
-
-        return await self._run(add)
+        """Serve the folder ``path`` as ``name`` and load it now (its read runs on the engine thread between steps:
+        an explicit load is an operator's action, rare, and its errors are reported to the caller)."""
+        return await self._run(lambda: self.engine.add_adapter(name, path))
 
     def is_draining(self, name: str | None) -> bool:
         return name in self._draining
 
     async def remove_adapter(self, name: str, poll: float = 0.02) -> None:
         """Stop accepting requests for ``name``, let its queued and running requests finish, then unload it."""
-        if name not in await self.adapters(include_draining=True):
+        if self.store.catalog.path(name) is None:
             raise KeyError(f"no adapter named {name!r}")
         self._draining.add(name)
-
-        def remove() -> None:
-            try:
-                self.engine.remove_adapter(name)
-            finally:
-                self._publish_adapters()
-
         try:
             while self._in_flight[name] > 0:
                 await asyncio.sleep(poll)
-            await self._run(remove)
+            await self._run(lambda: self.engine.remove_adapter(name))
         finally:
             self._draining.discard(name)
 

@@ -1,16 +1,18 @@
 """The multi-tenant engine: one backbone, many adapters, a slot KV cache, continuous batching.
 
-    engine = Engine(model, tokenizer)
-    engine.add_adapter("tenant-a", "adapters/a")      # PARA, LoRA or (IA)^3, PEFT format
+    engine = Engine(model, tokenizer, adapter_dir="adapters")  # every folder inside, loaded on first use
+    engine.add_adapter("tenant-a", "elsewhere/a")              # or one by name: PARA, LoRA or (IA)^3, PEFT format
     outputs = engine.generate([Request(ids, adapter="tenant-a", params=SamplingParams(max_tokens=32))])
 
 One request's walk (``step`` is the loop, on one screen below):
-1. ``add_request`` checks it (its adapter is loaded, prompt + max_tokens fit a KV slot), gives it a detokenizer
+1. ``add_request`` checks it (its adapter exists, prompt + max_tokens fit a KV slot), holds its adapter in the
+   ``AdapterStore`` (which starts loading it on its loader thread if it is not cached), gives it a detokenizer
    and, when seeded, its own generator, and queues it in the ``Scheduler``.
 2. A ``step`` first decodes the running rows (6), retires the finished ones (``Scheduler.retire`` frees the KV
    slot, ``AdapterRegistry.leave`` zeroes the row's deltas), then ``Scheduler.admit`` takes waiting requests in
-   order while a slot is free and the KV and prefill token budgets allow; each joins its slot
-   (``AdapterRegistry.join``: an (IA)^3 row writes l - 1 into its delta rows).
+   order while a slot is free and the KV and prefill token budgets allow, skipping those whose adapter is still
+   loading (``_place``: the host copy is copied into a device slot, ``AdapterRegistry.install``); each joins its
+   slot (``AdapterRegistry.join``: an (IA)^3 row writes l - 1 into its delta rows).
 3. ``BatchBuilder.prefill`` packs the admitted prompts into one row, no padding: each prompt's KV slot,
    positions and segment, and what its adapter asks (``AdapterRegistry.for_prefill``: the scaled segments,
    the LoRA segments, the PARA rows).
@@ -24,27 +26,28 @@ One request's walk (``step`` is the loop, on one screen below):
 6. Every later step, ``BatchBuilder.decode``: one token per running row in slot order (the KV a view of the
    cache), the per-row adapter tensors reused until a row joins or leaves; ``runner.decode(batch)``: PARA and
    (IA)^3 rows multiply by their deltas, LoRA rows gather A and B by table slot, base rows pass; then 5 again.
-7. ``step`` returns the (request, token) pairs; the async front streams them. When the request finishes, 2
-   retires it.
+7. ``step`` returns the (request, token) pairs; the async front streams them. A PARA or (IA)^3 request releases
+   its adapter after its prefill (its deltas carry it), a LoRA request when it finishes; 2 retires it.
 Echo scoring (``score``) borrows a free slot for one prefill-kind batch that writes no KV (``runner.score``).
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-from .adapters import AdapterRegistry
+from .adapters import AdapterCatalog, AdapterError, AdapterRegistry, AdapterStore
 from .batch import Batch, BatchBuilder
 from .detokenize import engine_tokenizer, make_detokenizer
 from .kv_cache import SlotKVCache
 from .request import Request, SamplingParams
 from .runners import HFRunner, LlamaRunner, Runner
 from .sampler import seeded_generator
-from .scheduler import NoFreeSlot, Scheduler
+from .scheduler import ADMIT, DROP, WAIT, NoFreeSlot, Scheduler
 from .scoring import PromptScores, prompt_scores
 
 DEFAULT_MAX_SEQ_LEN = 2048
@@ -55,13 +58,17 @@ __all__ = ["DEFAULT_MAX_SEQ_LEN", "Engine", "NoFreeSlot"]
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
                  max_seq_len: int | None = None, max_prefill_tokens: int = 4096, handwritten: bool = True,
-                 packed_weights: bool = True):
+                 packed_weights: bool = True, adapter_dir: str | Path | None = None, max_active_adapters: int = 32,
+                 adapter_cache_bytes: int | None = None):
         """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
         are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
         ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
         ``max_prefill_tokens`` caps the prompt tokens prefilled in one step (a longer prompt runs alone).
         ``handwritten``: Llama-family models run through the hand-written runner (``runners/llama.py``);
-        ``packed_weights``: it uses oneDNN-prepacked weights where they pay on this device and dtype."""
+        ``packed_weights``: it uses oneDNN-prepacked weights where they pay on this device and dtype.
+        Adapters: every folder of ``adapter_dir`` (looked up when first asked for) and those added by name; read on
+        first use into a host cache of ``adapter_cache_bytes`` (None: unbounded), least recently used evicted;
+        ``max_active_adapters`` of them installed in the device slot tables at once."""
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config.get_text_config()
         _refuse_sliding_window(model)
@@ -71,7 +78,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.scheduler = Scheduler(max_batch, self.max_seq_len, kv_budget_tokens, max_prefill_tokens)
-        self.registry = AdapterRegistry(model, max_batch, self.dtype, self.device)
+        self.registry = AdapterRegistry(model, max_batch, self.dtype, self.device, max_active_adapters)
+        self.store = AdapterStore(self.registry.backbone, AdapterCatalog(adapter_dir), adapter_cache_bytes)
+        self._loaded = threading.Event()  # a load finished: a request waiting for it may be placed now
+        self.store.add_listener(self._loaded.set)
         self.cache = SlotKVCache(_kv_shapes(model), max_batch, self.max_seq_len, self.dtype, self.device)
         self.batches = BatchBuilder(max_batch, self.registry, self.dtype, self.device)
         self.hf_runner = HFRunner(model, self.cache)  # any architecture, and any step the other does not cover
@@ -89,10 +99,15 @@ class Engine:
         """One decode step for the running rows, retire, admit + prefill. Returns the (request, token) pairs."""
         produced = self._decode() if self.scheduler.running else []
         self._retire()
-        admitted = self.scheduler.admit(self._servable)
+        admitted = self.scheduler.admit(self._placer())
+        self._release_dropped()
         if admitted:
             produced += self._prefill(admitted)
             self._retire()
+        elif not produced and self.scheduler.waiting:
+            # every waiting request waits for an adapter load: sleep until one finishes instead of spinning
+            self._loaded.wait(timeout=0.02)
+            self._loaded.clear()
         return produced
 
     def _decode(self) -> list[tuple[Request, int]]:
@@ -108,6 +123,10 @@ class Engine:
             self.registry.join(slot, request)
         batch = self.batches.prefill([r for _, r in admitted], [s for s, _ in admitted])
         logits = self._runner(batch, "prefill").prefill(batch)
+        for _, request in admitted:  # PARA and (IA)^3 rows decode on their own deltas from now on
+            installed = self.registry.adapters.get(request.adapter)
+            if installed is not None and not installed.decodes_with_weights:
+                self._release(request)
         self.batches.advance(batch, self._sample(batch, logits))
         return self._produced(batch, "prefill", start)
 
@@ -117,8 +136,42 @@ class Engine:
         self.stats[f"{kind}_tokens"] += len(batch.input_ids)
         return [(r, r.output_ids[-1]) for r in batch.requests]
 
-    def _servable(self, request: Request) -> bool:
-        return request.adapter is None or request.adapter in self.registry
+    def _placer(self):
+        """``place`` for this step's admission: installs each admitted request's adapter into a device slot,
+        never evicting one that a running LoRA row or an earlier admission of this step needs."""
+        busy = {r.adapter for r in self.scheduler.running.values()
+                if r.adapter is not None and getattr(self.registry.adapters.get(r.adapter), "decodes_with_weights",
+                                                     False)}
+
+        def place(request: Request) -> str:
+            if request.adapter is None:
+                return ADMIT
+            host = self.store.get(request.adapter)
+            if host is None:
+                error = self.store.failure(request.adapter)
+                if error is not None or not self.store.is_loading(request.adapter):
+                    # failed, or unloaded while it waited (a held adapter is never evicted otherwise)
+                    request.finish_reason = "error" if error is not None else "cancelled"
+                    request.error = str(error) if error is not None else None
+                    return DROP
+                return WAIT
+            installed = self.registry.install(host, busy)
+            if installed is None:
+                return WAIT  # every adapter slot is busy with running LoRA rows
+            self.hf_runner.watch(installed, self.registry.deltas)
+            busy.add(request.adapter)
+            return ADMIT
+
+        return place
+
+    def _release(self, request: Request) -> None:
+        if request.adapter_held:
+            request.adapter_held = False
+            self.store.release(request.adapter)
+
+    def _release_dropped(self) -> None:
+        for request in self.scheduler.dropped:
+            self._release(request)
 
     def _runner(self, batch: Batch, kind: str) -> Runner:
         if self.llama_runner is not None and self.llama_runner.supports(batch):
@@ -149,15 +202,22 @@ class Engine:
         return tokens
 
     def _retire(self) -> None:
-        for slot in self.scheduler.retire():
+        for slot, request in self.scheduler.retire():
             self.registry.leave(slot)  # zero the row's deltas: the slot's next owner starts clean
+            self._release(request)
 
     # ----- requests -------------------------------------------------------------------------------------------
     def add_request(self, request: Request) -> Request:
+        """Queue ``request``. Its adapter is held (and loaded on the store's loader thread if it is not cached)
+        unless the caller already holds it (``request.adapter_held``, as the async front does)."""
         self._check_adapter(request.adapter)
         request.generator = seeded_generator(request.params, self.device)
         request.detokenizer = make_detokenizer(self._detokenizer_backend, self.tokenizer, request.params.stop)
-        self.scheduler.add(request)  # checks that it could ever run, then queues it
+        self.scheduler.check(request)
+        if request.adapter is not None and not request.adapter_held:
+            self.store.hold(request.adapter)  # a failed load drops the request when it reaches the queue's head
+            request.adapter_held = True
+        self.scheduler.add(request)
         return request
 
     def generate(self, requests: list[Request]) -> list[Request]:
@@ -170,11 +230,14 @@ class Engine:
 
     def cancel(self, request: Request) -> None:
         self.scheduler.cancel(request)
+        self._release(request)
 
     def abort_all(self, reason: str = "error") -> list[Request]:
         """Finish every running and waiting request with ``reason`` and free their slots (after a failed step)."""
         aborted = self.scheduler.abort_all(reason)
         self._retire()
+        for request in aborted:
+            self._release(request)
         return aborted
 
     def pop_dropped(self) -> list[Request]:
@@ -197,20 +260,30 @@ class Engine:
 
     # ----- echo scoring -------------------------------------------------------------------------------------
     def score(self, ids: list[int], adapter: str | None, context: int | None = None, top_k: int = 0,
-              next_params: SamplingParams | None = None) -> PromptScores:
+              next_params: SamplingParams | None = None, held: bool = False) -> PromptScores:
         """Every prompt token's log-probability under ``adapter`` (echo scoring; a PARA adapter pools tokens
         [0, context) only), its ``top_k`` alternatives, and with ``next_params`` the next token sampled from the
         same forward. Call it between steps (the async front runs it on the engine thread)."""
-        return prompt_scores(self.prompt_logits(ids, adapter, context), ids, top_k, next_params)
+        return prompt_scores(self.prompt_logits(ids, adapter, context, held), ids, top_k, next_params)
 
     @torch.inference_mode()
-    def prompt_logits(self, ids: list[int], adapter: str | None, context: int | None = None) -> torch.Tensor:
+    def prompt_logits(self, ids: list[int], adapter: str | None, context: int | None = None,
+                      held: bool = False) -> torch.Tensor:
         """Logits (T, vocab) in fp32 of every position of ``ids`` under ``adapter``, from one forward that writes
-        no KV. The scoring row borrows a free KV slot for its adapter deltas and gives it back at once."""
+        no KV. The scoring row borrows a free KV slot for its adapter deltas and gives it back at once.
+        ``held``: the caller holds ``adapter`` in the store and it is cached (else it is loaded here, waiting)."""
         self._check_adapter(adapter)
+        if adapter is not None and not held:
+            host = self.store.hold(adapter)
+            try:
+                host.result()
+            finally:
+                self.store.release(adapter)  # still cached: nothing evicts between here and the install
         slot = self.scheduler.borrow()
         scratch = Request(list(ids), adapter, SamplingParams(max_tokens=1))
         try:
+            if adapter is not None:
+                self._install_for_scoring(adapter)
             self.registry.join(slot, scratch)
             batch = self.batches.score(scratch, slot, len(ids) if context is None else context)
             return self._runner(batch, "score").score(batch).float()
@@ -218,24 +291,59 @@ class Engine:
             self.registry.leave(slot)
             self.scheduler.give_back(slot)
 
+    def _install_for_scoring(self, adapter: str) -> None:
+        host = self.store.get(adapter)
+        if host is None:
+            raise KeyError(f"adapter {adapter!r} was unloaded")
+        busy = {r.adapter for r in self.scheduler.running.values() if r.adapter is not None and
+                getattr(self.registry.adapters.get(r.adapter), "decodes_with_weights", False)}
+        installed = self.registry.install(host, busy)
+        if installed is None:
+            raise NoFreeSlot(f"every adapter slot ({self.registry.max_active}, --max-active-adapters) is in use by "
+                             "running LoRA requests; score again when one finishes")
+        self.hf_runner.watch(installed, self.registry.deltas)
+
     # ----- adapters -------------------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path) -> str:
-        """Load the PEFT adapter folder at ``path`` under ``name``; returns its kind (PARA, LORA or IA3)."""
-        adapter = self.registry.add(name, path)
-        self.hf_runner.watch(adapter, self.registry.deltas)
-        return adapter.kind
+        """Serve the PEFT adapter folder at ``path`` under ``name`` and load it now; returns its kind (PARA, LORA
+        or IA3). Raises AdapterError (bad files, wrong base) or ValueError (the name exists)."""
+        if self.store.catalog.path(name) is not None:
+            raise ValueError(f"an adapter named {name!r} already exists")
+        self.store.catalog.add(name, path)
+        try:
+            future = self.store.hold(name)
+            try:
+                return future.result().kind
+            finally:
+                self.store.release(name)
+        except BaseException:
+            self.store.forget(name)
+            raise
 
     def remove_adapter(self, name: str) -> None:
-        """Unload an adapter. Running requests of it must have finished (the async front waits for them)."""
-        self.registry.remove(name)
+        """Stop serving ``name`` and free its memory. Its requests must have finished (the async front drains them);
+        a folder of the adapter directory stays unknown until added again."""
+        if self.store.catalog.path(name) is None:
+            raise KeyError(f"no adapter named {name!r}")
+        self.registry.evict(name)
+        self.store.forget(name)
 
     def adapters(self) -> dict[str, str]:
-        """{name: kind} of the loaded adapters (kind: PARA, LORA or IA3). Call it on the engine thread."""
-        return self.registry.kinds()
+        """{name: kind} of the adapters cached in memory (the host tier), sorted by name."""
+        resident = {}
+        for name in self.store.resident():
+            host = self.store.get_quiet(name)
+            if host is not None:
+                resident[name] = host.kind
+        return dict(sorted(resident.items()))
+
+    def available(self) -> list[str]:
+        """Every adapter name that can be served now, resident or not, sorted."""
+        return self.store.catalog.names()
 
     def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self.registry:
-            raise KeyError(f"unknown adapter {adapter!r}; loaded: {sorted(self.registry.adapters)}")
+        if adapter is not None and self.store.catalog.path(adapter) is None:
+            raise KeyError(f"unknown adapter {adapter!r}")
 
 
 def _kv_shapes(model) -> list[tuple[int, int]]:

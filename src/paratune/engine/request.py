@@ -45,7 +45,9 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
-    finish_reason: str | None = None  # "length" | "stop" | "eos" | "cancelled"
+    finish_reason: str | None = None  # "length" | "stop" | "eos" | "cancelled" | "error"
+    error: str | None = None  # why, when finish_reason is "error" and the engine knows (its adapter failed to load)
+    adapter_held: bool = False  # holds its adapter in the store (until it no longer needs the weights)
     generator: torch.Generator | None = None  # seeded requests: on the engine's device
     detokenizer: object = field(default=None, repr=False)  # engine.detokenize.Detokenizer, set by the engine
 

@@ -2,8 +2,10 @@
 
 A request waits until a KV slot is free, its prompt + max_tokens fit the KV budget left by the running
 requests, and its prompt fits the step's prefill token budget (a longer prompt runs alone), so a burst of long
-prompts does not stall the running streams for long. Admission is first come, first served; a request whose
-adapter was unloaded while it waited, or that was cancelled, is dropped at the head of the queue.
+prompts does not stall the running streams for long. Admission is first come, first served among the requests
+whose adapter is ready: the engine's ``place(request)`` says ADMIT (its adapter is installed for the prefill),
+WAIT (its adapter is still loading, or every adapter slot is busy: later requests go ahead, it keeps its place)
+or DROP (its adapter was unloaded or failed to load); a cancelled request is dropped where it stands.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import collections
 from typing import Callable
 
 from .request import Request
+
+
+ADMIT, WAIT, DROP = "admit", "wait", "drop"  # what ``place`` says of a waiting request
 
 
 class NoFreeSlot(RuntimeError):
@@ -61,37 +66,53 @@ class Scheduler:
         return dropped
 
     # ----- the step's decisions -----------------------------------------------------------------------------
-    def admit(self, servable: Callable[[Request], bool]) -> list[tuple[int, Request]]:
+    def admit(self, place: Callable[[Request], str]) -> list[tuple[int, Request]]:
         """The waiting requests that join now, each with the lowest free KV slot, in arrival order.
-        ``servable(request)``: whether its adapter is still loaded."""
+        ``place(request)``: ADMIT, WAIT or DROP (see the module's docstring); called only for a request that the
+        budgets would let in, so an ADMIT is a promise kept."""
         admitted: list[Request] = []
+        kept: collections.deque[Request] = collections.deque()
         reserved, prompt_tokens = self.reserved_tokens(), 0
         while self.waiting and len(admitted) < len(self._free):
-            request = self.waiting[0]
-            if not servable(request):
-                request.finish_reason = "cancelled"  # its adapter was unloaded while it waited
+            request = self.waiting.popleft()
             if request.finished:  # cancelled while waiting
-                self._dropped.append(self.waiting.popleft())
+                self._dropped.append(request)
                 continue
             if self.kv_budget_tokens is not None and reserved + request.reserved_tokens > self.kv_budget_tokens:
+                self.waiting.appendleft(request)
                 break  # wait for running requests to free budget
             if admitted and prompt_tokens + len(request.prompt_ids) > self.max_prefill_tokens:
+                self.waiting.appendleft(request)
                 break  # next step: the running rows decode in between
-            admitted.append(self.waiting.popleft())
+            decision = place(request)
+            if decision == WAIT:
+                kept.append(request)
+                continue
+            if decision == DROP:
+                request.finish_reason = request.finish_reason or "cancelled"
+                self._dropped.append(request)
+                continue
+            admitted.append(request)
             reserved += request.reserved_tokens
             prompt_tokens += len(request.prompt_ids)
+        self.waiting.extendleft(reversed(kept))  # the skipped keep their places, ahead of the rest
         slots = [self._take() for _ in admitted]
         for slot, request in zip(slots, admitted):
             self.running[slot] = request
         return list(zip(slots, admitted))
 
-    def retire(self) -> list[int]:
-        """Free the slots of the finished running requests; returns those slots."""
-        done = [s for s, r in self.running.items() if r.finished]
-        for slot in done:
+    def retire(self) -> list[tuple[int, Request]]:
+        """Free the slots of the finished running requests; returns them as (slot, request)."""
+        done = [(s, r) for s, r in self.running.items() if r.finished]
+        for slot, _ in done:
             del self.running[slot]
             self._free.append(slot)
         return done
+
+    @property
+    def dropped(self) -> list[Request]:
+        """Requests dropped without running since the last ``pop_dropped``."""
+        return self._dropped
 
     def borrow(self) -> int:
         """A free slot outside the batch, for one side computation (``give_back`` it at once)."""

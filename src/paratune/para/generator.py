@@ -14,6 +14,11 @@ GENERATOR_VERSION = 2
 _FIXED_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "identity": nn.Identity}
 
 
+def fixed_activation(name: str) -> nn.Module:
+    """The non-learnable activation ``name`` (gelu, relu, silu, identity)."""
+    return _FIXED_ACTIVATIONS[name]()
+
+
 def pool_prompt(
     hidden: torch.Tensor, mask: torch.Tensor, pooling: str, attention_query: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -28,6 +28,7 @@ def create_app(engine: Engine, config: ServerConfig, engine_thread: bool = True)
     directly is fixed at start (tokenizer, vocabulary size, batch slots)."""
     front = AsyncEngine(engine, own_thread=engine_thread)
     metrics = ServerMetrics()
+    metrics.watch_adapters(front.adapter_stats, lambda: len(front.available()))
     # After the front is made: it wraps the tokenizer in a lock shared with the engine thread.
     generation = GenerationService(front, config, metrics, tokenizer=engine.tokenizer,
                                    vocab_size=engine.model.get_input_embeddings().num_embeddings,

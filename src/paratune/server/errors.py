@@ -12,22 +12,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """A refusal the client should see: raised anywhere in a route, answered by the handler below."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
+                 headers: dict | None = None):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
 
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-def error_response(status: int, message: str, type_: str, param=None, code=None) -> JSONResponse:
-    return JSONResponse(status_code=status,
+def error_response(status: int, message: str, type_: str, param=None, code=None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers,
                         content={"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 def adapter_unloaded(adapter: str | None) -> ApiError:
     """The request's adapter went away between the model check and the engine taking the request."""
     return ApiError(404, f"model {adapter!r} was unloaded", "not_found_error", "model", "model_not_found")
+
+
+def adapter_failed(adapter: str, error: Exception) -> ApiError:
+    """The request's adapter could not be loaded: a broken or mismatched adapter (400, the message names the file
+    and what is wrong), or a cache full of adapters in use (503, transient)."""
+    from ..engine.adapters import AdapterCacheFull  # the engine's error types; imported where they are needed
+
+    if isinstance(error, AdapterCacheFull):
+        return ApiError(503, str(error), "server_error", "model", "adapter_cache_full", headers={"Retry-After": "1"})
+    return ApiError(400, f"adapter {adapter!r} cannot be served: {error}", param="model", code="adapter_invalid")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -39,7 +52,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _api_error(request, error: ApiError):
-    return error_response(error.status, error.message, error.type, error.param, error.code)
+    return error_response(error.status, error.message, error.type, error.param, error.code, error.headers)
 
 
 async def _client_gone(request, error: ClientGone):

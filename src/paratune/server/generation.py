@@ -19,10 +19,12 @@ from fastapi.responses import StreamingResponse
 from ..engine import Request, SamplingParams
 from ..engine.async_engine import AsyncEngine
 from .config import ServerConfig
-from .errors import ApiError, ClientGone, adapter_unloaded
+from ..engine import AdapterError
+from .errors import ApiError, ClientGone, adapter_failed, adapter_unloaded
 from .metrics import ServerMetrics
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # engine finish reason -> OpenAI's
+CACHE_HEADER = "paratune-adapter-cache"  # hit: the adapter was in memory; miss: this request waited for its load
 
 
 class GenerationService:
@@ -36,15 +38,38 @@ class GenerationService:
         self._admitted: weakref.WeakSet[Request] = weakref.WeakSet()
 
     async def resolve_adapter(self, model: str) -> tuple[str | None, str | None]:
-        """``model`` -> (adapter name, its kind), or (None, None) for the base model; 404 for any other name."""
+        """``model`` -> (adapter name, its kind), or (None, None) for the base model; 404 for any other name.
+        Nothing is loaded yet (``load`` does that once the request passed every check)."""
         if model == self.config.model_name:
             return None, None
-        loaded = await self.front.adapters(include_draining=True)
-        if model in loaded and not self.front.is_draining(model):
-            return model, loaded[model]
-        available = [self.config.model_name, *sorted(loaded)]
-        raise ApiError(404, f"model {model!r} does not exist; available: {available}", "not_found_error",
+        if self.front.exists(model):
+            try:
+                return model, self.front.kind(model)
+            except AdapterError as error:
+                raise adapter_failed(model, error) from None
+            except KeyError:  # its folder went away just now
+                pass
+        available = self.front.available()
+        shown = [self.config.model_name, *available[:10]]
+        more = f" and {len(available) - 10} more (GET /v1/models)" if len(available) > 10 else ""
+        raise ApiError(404, f"model {model!r} does not exist; available: {shown}{more}", "not_found_error",
                        "model", "model_not_found")
+
+    async def load(self, request: Request) -> dict[str, str]:
+        """Hold ``request``'s adapter, waiting for its load if it is not in memory (other tenants' streams go on
+        meanwhile); returns the response headers that say which it was. Call it last before the engine gets the
+        request: from here on the hold is released by the engine, or by ``front.release`` if the request dies."""
+        if request.adapter is None:
+            return {}
+        try:
+            hit = await self.front.hold(request)
+        except AdapterError as error:
+            request.finish_reason = "cancelled"
+            raise adapter_failed(request.adapter, error) from None
+        except KeyError:
+            request.finish_reason = "cancelled"
+            raise adapter_unloaded(request.adapter) from None
+        return {CACHE_HEADER: "hit" if hit else "miss"}
 
     def sampling(self, body, logprobs: bool) -> SamplingParams:
         config = self.config
@@ -116,7 +141,8 @@ class GenerationService:
         except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
             raise adapter_unloaded(request.adapter) from None
 
-    def stream(self, request: Request, start: float, endpoint: str, to_chunk) -> StreamingResponse:
+    def stream(self, request: Request, start: float, endpoint: str, to_chunk,
+               headers: dict | None = None) -> StreamingResponse:
         """Server-sent events: ``to_chunk(event)`` for each token, then ``[DONE]``; a client that goes away
         cancels the request (the front's stream cancels it when the response's iterator is closed)."""
         front, metrics, model_name = self.front, self.metrics, self.config.model_name
@@ -147,7 +173,7 @@ class GenerationService:
                 self.observe(request, endpoint, start, status)
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
 
 def generation(http: HttpRequest) -> GenerationService:

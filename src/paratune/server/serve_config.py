@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..models import DEFAULT_MODEL, resolve_device, resolve_dtype
-from ..validation import check, is_int, parse_adapter_specs
+from ..validation import check, is_int, parse_adapter_specs, parse_bytes
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -24,8 +24,19 @@ class ServeConfig:
     adapter: list[str] = field(default_factory=list, metadata={
         "help": "serve an adapter as NAME=PATH (repeatable)", "split": False})
     adapter_dir: Optional[str] = field(default=None, metadata={
-        "help": "serve every adapter folder inside by its folder name; also the root for runtime loading "
-        "(default: ./adapters if it exists)"})
+        "help": "serve every adapter folder inside by its folder name, loaded on its first request (folders added "
+        "later are served too, without a restart); also the root for POST /v1/adapters (default: ./adapters if it "
+        "exists)"})
+    adapter_cache_bytes: str = field(default="2GiB", metadata={
+        "help": "memory for adapters held in the host cache (least recently used evicted; never one a queued or "
+        "running request uses), e.g. 2GiB, 500MB; a SmolLM2 PARA r=16 adapter takes 5.6 MB"})
+    max_active_adapters: int = field(default=32, metadata={
+        "help": "adapters installed in the device slot tables at once; a PARA adapter needs its slot only while "
+        "its prompts prefill, a LoRA adapter until its requests finish"})
+    preload: bool = field(default=False, metadata={
+        "help": "load adapters of --adapter-dir at start, until the cache is full (default: each on first use)"})
+    pin: list[str] = field(default_factory=list, metadata={
+        "help": "load this adapter at start and never evict it (repeatable)", "split": False})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "TCP port"})
     api_key: Optional[str] = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on /v1/*"})
@@ -60,6 +71,13 @@ class ServeConfig:
         for name in ("max_concurrent", "max_prompt_tokens", "max_completion_tokens", "kv_budget_tokens"):
             check(name, getattr(self, name), is_int(getattr(self, name), 1), "a positive integer")
         check("queue_size", self.queue_size, is_int(self.queue_size, 0), "an integer >= 0")
+        check("max_active_adapters", self.max_active_adapters, is_int(self.max_active_adapters, 1),
+              "a positive integer")
+        self.cache_bytes = parse_bytes("adapter_cache_bytes", self.adapter_cache_bytes)
+        if isinstance(self.pin, str):
+            self.pin = [self.pin]
+        check("pin", self.pin, isinstance(self.pin, list) and all(isinstance(p, str) and p for p in self.pin),
+              "a list of adapter names")
         check("max_seq_len", self.max_seq_len, self.max_seq_len is None or is_int(self.max_seq_len, 2),
               "None or an integer >= 2")
         resolve_dtype(self.dtype)  # ValueError naming the accepted values

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from paratune.engine.adapters.tables import LoraTables, ParaTables
+from paratune.engine.adapters.tables import LoraTables, ParaLayer, ParaTables
 from paratune.para.generator import VectorGenerator
 
 D = 16
@@ -18,12 +18,18 @@ def generator(r, pooling, activation, widths, seed):
     return g.eval()
 
 
+def add(tables, name, generators):
+    first = next(iter(generators.values()))
+    activation = "rational" if type(first.activation).__name__ == "RationalActivation" else first.activation
+    return tables.add(name, {i: ParaLayer.of(g) for i, g in generators.items()}, first.pooling, activation)
+
+
 def test_packed_prompts_with_mixed_adapters_equal_each_generator_alone():
     specs = [(4, "attention", "rational", {"q": 8, "up": 12}), (2, "mean", "gelu", {"v": 4, "up": 12}),
              (3, "max", "rational", {"q": 8}), (4, "last", "identity", {"up": 12, "down": 6})]
     generators = [generator(*spec, seed=i) for i, spec in enumerate(specs)]
     tables = ParaTables(n_layers=1, hidden=D, dtype=torch.float32, device="cpu")
-    slots = [tables.add(f"a{i}", {0: g}) for i, g in enumerate(generators)]
+    slots = [add(tables, f"a{i}", {0: g}) for i, g in enumerate(generators)]
     lengths = [5, 1, 7, 3, 4]
     use = [0, 1, 2, 3, 0]  # prompt -> adapter; adapter 0 twice
     hidden = torch.randn(sum(lengths), D) * 3
@@ -40,13 +46,13 @@ def test_packed_prompts_with_mixed_adapters_equal_each_generator_alone():
 
 def test_removed_slots_are_reused_and_contribute_nothing():
     tables = ParaTables(n_layers=2, hidden=D, dtype=torch.float32, device="cpu")
-    a = tables.add("a", {0: generator(4, "mean", "rational", {"q": 8}, 0), 1: generator(4, "mean", "rational",
+    a = add(tables, "a", {0: generator(4, "mean", "rational", {"q": 8}, 0), 1: generator(4, "mean", "rational",
                                                                                           {"q": 8}, 1)})
-    tables.add("b", {1: generator(2, "mean", "rational", {"q": 8}, 2)})  # layer 0 untransformed: delta 0
+    add(tables, "b", {1: generator(2, "mean", "rational", {"q": 8}, 2)})  # layer 0 untransformed: delta 0
     hidden, segments = torch.randn(3, D), torch.zeros(3, dtype=torch.long)
     assert torch.equal(tables.vectors(0, hidden, segments, [tables.slots.owner["b"]])["q"], torch.zeros(1, 8))
     tables.remove("a")
-    assert tables.add("c", {0: generator(4, "mean", "rational", {"q": 8}, 3)}) == a  # the freed slot
+    assert add(tables, "c", {0: generator(4, "mean", "rational", {"q": 8}, 3)}) == a  # the freed slot
 
     lora = LoraTables(torch.float32, "cpu")
     slot = lora.add("x", 2.0, {"m": (torch.ones(4, 6), torch.ones(5, 4))})

@@ -1,11 +1,15 @@
-"""The adapters resident in the engine, by name: read from disk (``bank``), installed into the slot tables
-(``tables``), and the per-row deltas (``deltas``) of the rows that use them. The engine asks it three things:
-load or unload an adapter, a row joins or leaves, and what a step's rows need (``for_prefill`` / ``for_decode``).
+"""The device tier: the adapters installed in the slot tables (``tables``), at most ``max_active`` of them,
+least recently used evicted first, and the per-row deltas (``deltas``) of the rows that use them. The engine asks
+it three things: install an adapter for the rows about to prefill (``install``), a row joins or leaves, and what a
+step's rows need (``for_prefill`` / ``for_decode``).
+
+A PARA or (IA)^3 adapter needs its slot only while its rows prefill (their deltas carry them afterwards); a LoRA
+adapter needs it until its last row finishes. The engine passes the names it may not evict (``busy``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import collections
 
 import torch
 from torch import nn
@@ -20,38 +24,59 @@ from .tables import LoraTables, ParaTables
 
 
 class AdapterRegistry:
-    def __init__(self, model: nn.Module, num_slots: int, dtype: torch.dtype, device):
+    def __init__(self, model: nn.Module, num_slots: int, dtype: torch.dtype, device, max_active: int = 32):
+        if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
+            raise ValueError(f"max_active_adapters must be an integer >= 1, got {max_active!r}")
         self.backbone = Backbone(model)
         self.model, self.layers, self.device = model, self.backbone.layers, device
         config = model.config.get_text_config()
-        # PARA's generators run in fp32 under a half-precision model (their pooled sums and rational activation)
-        table_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-        self.para = ParaTables(len(self.layers), config.hidden_size, table_dtype, device)
+        self.para = ParaTables(len(self.layers), config.hidden_size, self.backbone.para_dtype, device)
         self.lora = LoraTables(dtype, device)
         self.deltas = RowDeltas(num_slots, dtype, device)
-        self.adapters: dict[str, Adapter] = {}
+        self.max_active = max_active
+        self.adapters: collections.OrderedDict[str, Adapter] = collections.OrderedDict()  # installed; first = LRU
+        self.evictions = 0
         self._sites: dict[tuple[int, tuple[str, ...]], dict[str, Site]] = {}
 
-    # ----- loading ----------------------------------------------------------------------------------------
-    def add(self, name: str, path: str | Path) -> Adapter:
-        if name in self.adapters:
-            raise AdapterError(f"an adapter named {name!r} is already loaded")
-        adapter = self.backbone.read(name, path)
-        adapter.install(self)
-        self.adapters[name] = adapter
-        return adapter
+    # ----- the device tier ----------------------------------------------------------------------------------
+    # Tables are written in inference mode wherever the call comes from (a step, or add_adapter from user code):
+    # a tensor made in inference mode may only be updated in it.
+    @torch.inference_mode()
+    def install(self, adapter: Adapter, busy: set[str]) -> Adapter | None:
+        """The installed copy of host adapter ``adapter``, installing it first (evicting the least recently used
+        adapter not in ``busy`` when all ``max_active`` slots are taken). None when every slot is busy."""
+        installed = self.adapters.get(adapter.name)
+        if installed is not None:
+            self.adapters.move_to_end(adapter.name)
+            return installed
+        if len(self.adapters) >= self.max_active:
+            victim = next((name for name in self.adapters if name not in busy), None)
+            if victim is None:
+                return None
+            self.evict(victim)
+            self.evictions += 1
+        installed = self.adapters[adapter.name] = adapter.install(self)
+        return installed
 
-    def remove(self, name: str) -> None:
-        """Unload ``name``; its rows must have left (the engine's callers wait for them)."""
-        if name not in self.adapters:
-            raise KeyError(f"no adapter named {name!r}; loaded: {sorted(self.adapters)}")
-        self.adapters.pop(name).uninstall(self)
+    @torch.inference_mode()
+    def evict(self, name: str) -> None:
+        """Free ``name``'s slot (no row may still read it: the engine keeps running LoRA adapters busy)."""
+        installed = self.adapters.pop(name, None)
+        if installed is not None:
+            installed.uninstall(self)
 
     def kinds(self) -> dict[str, str]:
         return {name: self.adapters[name].kind for name in sorted(self.adapters)}
 
     def __contains__(self, name: str | None) -> bool:
         return name in self.adapters
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the slot tables (they grow by doubling up to the slots in use)."""
+        tensors = [t for layer in self.para.layers for t in layer.values()]
+        tensors += [*self.lora.a.values(), *self.lora.b.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     # ----- sites (called by the kinds while they install) -------------------------------------------------
     def layer_sites(self, index: int, targets) -> dict[str, Site]:

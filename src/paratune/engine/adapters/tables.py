@@ -14,6 +14,8 @@ Tables grow by doubling (one copy per doubling, not per request) and never copy 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...para.config import TARGETS
@@ -32,6 +34,34 @@ def _grow(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     grown = t.new_zeros(shape)
     grown.narrow(dim, 0, t.shape[dim]).copy_(t)
     return grown
+
+
+@dataclass(frozen=True)
+class ParaLayer:
+    """One decoder layer's generator of a PARA adapter as plain tensors (the host form the store caches: a few
+    tensors per layer instead of an ``nn.Module`` tree, so thousands of cached adapters cost the garbage collector
+    nothing). ``up`` rows are laid out in the order of ``widths``."""
+    down_w: torch.Tensor  # (r, d)
+    down_b: torch.Tensor  # (r,)
+    query: torch.Tensor | None  # (d,) attention pooling only
+    numerator: torch.Tensor | None  # (7,) rational activation only
+    denominator: torch.Tensor | None  # (5,)
+    up: torch.Tensor  # (sum(widths), r)
+    widths: dict[str, int]
+
+    @classmethod
+    def of(cls, g: VectorGenerator) -> "ParaLayer":
+        rational_kind = type(g.activation).__name__ == "RationalActivation"
+        return cls(g.down.weight.detach(), g.down.bias.detach(),
+                   g.attention_query.detach() if g.attention_query is not None else None,
+                   g.activation.numerator.detach() if rational_kind else None,
+                   g.activation.denominator.detach() if rational_kind else None, g.up.weight.detach(),
+                   dict(g.widths))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.down_w, self.down_b, self.query, self.numerator,
+                                                          self.denominator, self.up) if t is not None)
 
 
 class SlotAllocator:
@@ -101,14 +131,13 @@ class ParaTables:
         self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
         self.targets: list[set[str]] = [set() for _ in range(n_layers)]
 
-    def add(self, name: str, generators: dict[int, VectorGenerator]) -> int:
+    def add(self, name: str, layers: dict[int, ParaLayer], pooling: str, activation) -> int:
+        """Write an adapter's layers into a free slot; ``activation``: "rational" or the fixed activation module."""
         slot = self.slots.take(name)
-        first = next(iter(generators.values()))
-        self.pooling[slot] = first.pooling
-        rational_kind = type(first.activation).__name__ == "RationalActivation"
-        self.activation[slot] = "rational" if rational_kind else first.activation
+        self.pooling[slot] = pooling
+        self.activation[slot] = activation
         for index in range(self.n_layers):
-            self._write(index, slot, generators.get(index))
+            self._write(index, slot, layers.get(index))
         return slot
 
     def remove(self, name: str) -> None:
@@ -119,10 +148,10 @@ class ParaTables:
             self.pooling.pop(slot, None)
             self.activation.pop(slot, None)
 
-    def _write(self, index: int, slot: int, g: VectorGenerator | None) -> None:
+    def _write(self, index: int, slot: int, g: ParaLayer | None) -> None:
         t = self.layers[index]
         d = self.hidden
-        r = g.down.out_features if g is not None else 1
+        r = g.down_w.shape[0] if g is not None else 1
         specs = {"down_w": (1, r, d), "down_b": (1, r), "query": (1, d), "numerator": (1, 7), "denominator": (1, 5)}
         for key, shape in specs.items():
             if key not in t:
@@ -131,19 +160,19 @@ class ParaTables:
             if key in ("down_w", "down_b"):
                 t[key] = _grow(t[key], 1, r)
             t[key][slot].zero_()
-        for target in self.targets[index]:
-            t[f"up_{target}"] = _grow(t[f"up_{target}"], 0, slot + 1)
+        for target in self.targets[index]:  # every up table as wide as down: a larger r may arrive at any time
+            t[f"up_{target}"] = _grow(_grow(t[f"up_{target}"], 0, slot + 1), 2, t["down_w"].shape[1])
             t[f"up_{target}"][slot].zero_()
         if g is None:  # zero weights: delta exactly 0 at this layer
             return
         with torch.no_grad():
-            t["down_w"][slot, :r] = g.down.weight
-            t["down_b"][slot, :r] = g.down.bias
-            if g.attention_query is not None:
-                t["query"][slot] = g.attention_query
-            if type(g.activation).__name__ == "RationalActivation":
-                t["numerator"][slot] = g.activation.numerator
-                t["denominator"][slot] = g.activation.denominator
+            t["down_w"][slot, :r] = g.down_w
+            t["down_b"][slot, :r] = g.down_b
+            if g.query is not None:
+                t["query"][slot] = g.query
+            if g.numerator is not None:
+                t["numerator"][slot] = g.numerator
+                t["denominator"][slot] = g.denominator
             row = 0
             for target, width in g.widths.items():
                 key = f"up_{target}"
@@ -154,7 +183,7 @@ class ParaTables:
                 t[key] = _grow(_grow(t[key], 0, slot + 1), 2, t["down_w"].shape[1])
                 t["down_w"] = _grow(t["down_w"], 1, t[key].shape[2])
                 t["down_b"] = _grow(t["down_b"], 1, t[key].shape[2])
-                t[key][slot, :, :r] = g.up.weight[row: row + width]
+                t[key][slot, :, :r] = g.up[row: row + width]
                 row += width
 
     def vectors(self, index: int, hidden: torch.Tensor, segments: torch.Tensor, slots: list[int]

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request as HttpRequest
+from fastapi import APIRouter, Depends, Request as HttpRequest, Response
 
 from ..errors import ApiError
 from ..generation import FINISH, GenerationService, generation
@@ -16,7 +16,7 @@ router = APIRouter()
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, http: HttpRequest,
+async def chat_completions(body: ChatCompletionRequest, http: HttpRequest, response: Response,
                            service: Annotated[GenerationService, Depends(generation)]):
     start = time.perf_counter()
     tokenizer = service.tokenizer
@@ -33,6 +33,7 @@ async def chat_completions(body: ChatCompletionRequest, http: HttpRequest,
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
+    response.headers.update(headers := await service.load(request))
     if body.stream:
         first = [True]
 
@@ -43,7 +44,7 @@ async def chat_completions(body: ChatCompletionRequest, http: HttpRequest,
             first[0] = False
             return chunk(delta, FINISH.get(ev.finish_reason) if ev.finish_reason else None)
 
-        return service.stream(request, start, "chat", event)
+        return service.stream(request, start, "chat", event, headers)
     done = await service.run_to_end(http, request, start, "chat")
     logprobs = None
     if done.params.logprobs:

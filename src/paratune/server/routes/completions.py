@@ -7,10 +7,10 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request as HttpRequest
+from fastapi import APIRouter, Depends, Request as HttpRequest, Response
 
-from ...engine import NoFreeSlot, Request
-from ..errors import ApiError, adapter_unloaded
+from ...engine import AdapterError, NoFreeSlot, Request
+from ..errors import ApiError, adapter_failed, adapter_unloaded
 from ..generation import FINISH, GenerationService, generation
 from ..schemas import CompletionRequest
 
@@ -18,7 +18,7 @@ router = APIRouter()
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, http: HttpRequest,
+async def completions(body: CompletionRequest, http: HttpRequest, response: Response,
                       service: Annotated[GenerationService, Depends(generation)]):
     start = time.perf_counter()
     tokenizer = service.tokenizer
@@ -41,15 +41,17 @@ async def completions(body: CompletionRequest, http: HttpRequest,
 
     if scoring and body.stream:
         raise ApiError(400, "echo with logprobs is not streamed; send stream=false", param="stream")
-    if body.stream:
-        return service.stream(request, start, "completions",
-                              lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None))
-    if scoring:
-        return await _echo_scores(service, body, http, request, ids, context, prompt_text, start, chunk)
-    if body.max_tokens == 0:  # echo without logprobs: the prompt, nothing generated
+    if body.max_tokens == 0 and not scoring:  # echo without logprobs: the prompt, nothing generated
         request.finish_reason = "length"
         service.observe(request, "completions", start, 200)
         return {**chunk(prompt_text, "length"), "usage": service.usage(request)}
+    if scoring:  # the scoring forward holds its adapter itself (and the generation after it, if any)
+        return await _echo_scores(service, body, http, request, ids, context, prompt_text, start, chunk)
+    response.headers.update(headers := await service.load(request))
+    if body.stream:
+        return service.stream(request, start, "completions",
+                              lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None),
+                              headers)
     done = await service.run_to_end(http, request, start, "completions")
     logprobs = None
     if done.params.logprobs:
@@ -96,6 +98,9 @@ async def _echo_scores(service: GenerationService, body: CompletionRequest, http
     except KeyError:
         request.finish_reason = "cancelled"
         raise adapter_unloaded(request.adapter) from None
+    except AdapterError as error:
+        request.finish_reason = "cancelled"
+        raise adapter_failed(request.adapter, error) from None
     tokens = [decode([t]) for t in ids]
     values = [None] + scores.values
     tops = [None] + [{decode([t]): v for t, v in row} for row in scores.top]

@@ -24,5 +24,5 @@ async def prometheus(service: Service):
     metrics = service.metrics
     metrics.queue_depth.set(service.queued())
     metrics.running.set(service.front.running_count())
-    metrics.active_adapters.set(len(await service.front.adapters(include_draining=True)))
+    metrics.active_adapters.set(len(await service.front.adapters(include_draining=True)))  # host-cached adapters
     return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
