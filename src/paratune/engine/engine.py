@@ -11,7 +11,7 @@ One request's walk (``step`` is the loop, on one screen below):
 2. A ``step`` first decodes the running rows (6), retires the finished ones (``Scheduler.retire`` frees the KV
    slot, ``AdapterRegistry.leave`` zeroes the row's deltas), then ``Scheduler.admit`` takes waiting requests in
    order while a slot is free and the KV and prefill token budgets allow, skipping those whose adapter is still
-   loading (``_place``: the host copy is copied into a device slot, ``AdapterRegistry.install``); each joins its
+   loading (``_placer``: the host copy is copied into a device slot, ``AdapterRegistry.install``); each joins its
    slot (``AdapterRegistry.join``: an (IA)^3 row writes l - 1 into its delta rows).
 3. ``BatchBuilder.prefill`` packs the admitted prompts into one row, no padding: each prompt's KV slot,
    positions and segment, and what its adapter asks (``AdapterRegistry.for_prefill``: the scaled segments,
