@@ -63,6 +63,14 @@ def bench_serve(config, args) -> int:
     return 0
 
 
+def bench_tenants(config, args) -> int:
+    from ..bench.tenants import run
+
+    run(config, _command(args))
+    print(f"wrote {Path(config.output) / 'tenants.md'}, tenants.json, tenants.png")
+    return 0
+
+
 def bench_quality(config, args) -> int:
     from ..bench.quality import run
 

@@ -92,6 +92,20 @@ VERBS: tuple[Verb, ...] = (
                 "--repeats 1 --modes closed.",
                 config="paratune.bench.serve_bench:BenchConfig", run="paratune.cli.commands:bench_serve"),
             Verb(
+                "tenants", help="serving speed as distinct tenants grow into the thousands (adapters loaded on "
+                "demand): paratune vs vLLM",
+                description="N distinct random-weight adapters (PARA, LoRA; base = no adapter as the reference) "
+                "for each N of --tenants, served by a fresh `paratune serve --max-active-adapters K "
+                "--adapter-cache-bytes B` per cell (and by vLLM's CPU backend, loading LoRAs through its "
+                "filesystem resolver with --max-cpu-loras K). A seeded trace: Poisson arrivals at --rate, each "
+                "request's tenant drawn from a Zipf(--alpha) popularity, the same trace for every system at an N. "
+                "Reports output tokens/s, TTFT of warm and cold requests, adapter load latency and cache hit rate "
+                "(paratune's /metrics), start-up time, peak RSS and paratune's memory budget; ratios N / N=1 and "
+                "PARA / vLLM LoRA. Adapter sets are written once and cached (--work-dir). Writes tenants.md, "
+                "tenants.json (after every cell; the same command resumes) and tenants.png. Quick look: "
+                "--systems paratune --tenants 1 100 --requests 40 --repeats 1 --output /tmp/t.",
+                config="paratune.bench.tenants:TenantsConfig", run="paratune.cli.commands:bench_tenants"),
+            Verb(
                 "quality", help="fair quality protocol: PARA vs LoRA vs (IA)^3 vs prompt tuning (resumable, hours "
                 "on a CPU)",
                 description="For every task and method: the learning rate chosen on a validation split carved from "
