@@ -37,8 +37,8 @@ def test_config_validates_and_orders_cells():
         tenants.TenantsConfig(rate=-1)
     with pytest.raises(ValueError, match="no system serves any of the kinds"):
         tenants.TenantsConfig(systems=["vllm-cpu"], kinds=["para"])
-    with pytest.raises(ValueError, match="max_active_adapters .* must be >= vllm_max_loras"):
-        tenants.TenantsConfig(max_active_adapters=8)
+    with pytest.raises(ValueError, match=r"vllm_max_cpu_loras must be >= max_active_adapters \(vLLM --max-loras"):
+        tenants.TenantsConfig(vllm_max_cpu_loras=8)
 
 
 def test_zipf_trace_is_deterministic_and_power_law():

@@ -81,16 +81,17 @@ class TenantsConfig:
     new_tokens: int = field(default=32, metadata=_help("tokens generated per request (greedy, EOS ignored)"))
     max_concurrent: int = field(default=32, metadata=_help(
         "requests decoded together (paratune --max-concurrent, vLLM --max-num-seqs)"))
-    max_active_adapters: int = field(default=128, metadata=_help(
-        "paratune --max-active-adapters (adapters installed in the engine's slot tables at once) and vLLM "
-        "--max-cpu-loras (adapters vLLM keeps loaded in memory). 128 holds every tenant a 240-request trace names "
-        "at N=100 (about 66) and fewer than it names from N=1000 on (120-160), so the large N also measure "
-        "eviction and reloading"))
+    max_active_adapters: int = field(default=32, metadata=_help(
+        "adapters in the device slot tables at once: paratune --max-active-adapters and vLLM --max-loras (the "
+        "distinct adapters of one batch; = --max-concurrent, so no request waits for a slot). A PARA adapter "
+        "needs its slot only while its prompts prefill, a LoRA adapter until its requests finish"))
     adapter_cache_bytes: int = field(default=2**30, metadata=_help(
         "paratune --adapter-cache-bytes, the host cache of loaded adapters: 1 GiB holds about 139 LoRA or 192 "
-        "PARA r=16 adapters of SmolLM2 in fp32, close to the 128 adapters vLLM keeps (--max-active-adapters)"))
-    vllm_max_loras: int = field(default=32, metadata=_help(
-        "vLLM --max-loras: distinct adapters in one batch (= --max-concurrent, so no request waits for a slot)"))
+        "PARA r=16 adapters of SmolLM2 in fp32, close to the --vllm-max-cpu-loras vLLM keeps"))
+    vllm_max_cpu_loras: int = field(default=128, metadata=_help(
+        "vLLM --max-cpu-loras (LoRA adapters vLLM keeps loaded in host memory, LRU), the counterpart of "
+        "--adapter-cache-bytes. 128 holds every tenant a 240-request trace names at N=100 (about 66) and fewer "
+        "than it names from N=1000 on (120-160), so the large N also measure eviction and reloading"))
     rank: int = field(default=16, metadata=_help("adapter rank (PARA bottleneck r, LoRA r) below --reduced-rank-from"))
     reduced_rank: int = field(default=4, metadata=_help(
         "adapter rank from --reduced-rank-from tenants on: r=16 for 10,000 tenants would be about 124 GiB of "
@@ -120,7 +121,7 @@ class TenantsConfig:
               and all(is_int(n, 1) for n in self.tenants), "a non-empty list of positive integers")
         self.tenants = sorted(set(self.tenants))
         for name in ("requests", "prompt_len", "new_tokens", "max_concurrent", "max_active_adapters",
-                     "adapter_cache_bytes", "vllm_max_loras", "rank", "reduced_rank", "reduced_rank_from",
+                     "adapter_cache_bytes", "vllm_max_cpu_loras", "rank", "reduced_rank", "reduced_rank_from",
                      "repeats", "threads"):
             check(name, getattr(self, name), is_int(getattr(self, name), 1), "a positive integer")
         check("seed", self.seed, is_int(self.seed, 0), "an integer >= 0")
@@ -135,9 +136,9 @@ class TenantsConfig:
         except ValueError as error:
             raise ValueError(f"extra_server_args must be flags as a shell would split them, got "
                              f"{self.extra_server_args!r} ({error})") from None
-        if "vllm-cpu" in self.systems and self.max_active_adapters < self.vllm_max_loras:
-            raise ValueError(f"max_active_adapters (vLLM --max-cpu-loras) must be >= vllm_max_loras "
-                             f"({self.vllm_max_loras}) when systems include vllm-cpu, got {self.max_active_adapters}")
+        if "vllm-cpu" in self.systems and self.vllm_max_cpu_loras < self.max_active_adapters:
+            raise ValueError(f"vllm_max_cpu_loras must be >= max_active_adapters (vLLM --max-loras, "
+                             f"{self.max_active_adapters}) when systems include vllm-cpu, got {self.vllm_max_cpu_loras}")
         if not self.cells_per_repeat():
             raise ValueError(f"no system serves any of the kinds {self.kinds} (vllm-cpu serves base and lora only)")
 
@@ -148,7 +149,7 @@ class TenantsConfig:
         """The settings a measured cell depends on (besides system, kind, N): resuming keeps cells only if these
         are unchanged."""
         keys = ("requests", "rate", "rate_fraction", "alpha", "prompt_len", "new_tokens", "max_concurrent",
-                "max_active_adapters", "adapter_cache_bytes", "vllm_max_loras", "rank", "reduced_rank",
+                "max_active_adapters", "adapter_cache_bytes", "vllm_max_cpu_loras", "rank", "reduced_rank",
                 "reduced_rank_from", "seed", "threads", "dtype", "extra_server_args")
         return {k: getattr(self, k) for k in keys}
 
@@ -280,7 +281,7 @@ def vllm_command(cfg: TenantsConfig, adapter_dir: Path | None, port: int, rank: 
 
     # vLLM preallocates its LoRA buffers at --max-lora-rank and accepts only some values: the smallest that fits
     max_rank = min((r for r in LORA_RANKS if r >= rank), default=max(LORA_RANKS))
-    kw = {"resolver_dir": adapter_dir, "max_loras": cfg.vllm_max_loras, "max_cpu_loras": cfg.max_active_adapters,
+    kw = {"resolver_dir": adapter_dir, "max_loras": cfg.max_active_adapters, "max_cpu_loras": cfg.vllm_max_cpu_loras,
           "max_lora_rank": max_rank} if adapter_dir is not None else {}
     return server_command(port, dtype=cfg.dtype, max_model_len=cfg.prompt_len + cfg.new_tokens + 64,
                           max_num_seqs=cfg.max_concurrent, threads=cfg.threads, **kw)

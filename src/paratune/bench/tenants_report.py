@@ -316,8 +316,8 @@ def markdown(summary: dict, meta: dict) -> str:
              f"Adapters: random weights on q, v, up, rank {cfg.get('rank', '?')} (rank {cfg.get('reduced_rank', '?')} "
              f"from N={cfg.get('reduced_rank_from', '?')}), loaded on first use by a fresh server per cell: "
              f"paratune --max-active-adapters {cfg.get('max_active_adapters', '?')} --adapter-cache-bytes "
-             f"{cfg.get('adapter_cache_bytes', '?')}, vLLM --max-loras {cfg.get('vllm_max_loras', '?')} "
-             f"--max-cpu-loras {cfg.get('max_active_adapters', '?')}; --max-concurrent "
+             f"{cfg.get('adapter_cache_bytes', '?')}, vLLM --max-loras {cfg.get('max_active_adapters', '?')} "
+             f"--max-cpu-loras {cfg.get('vllm_max_cpu_loras', '?')}; --max-concurrent "
              f"{cfg.get('max_concurrent', '?')}, "
              f"{cfg.get('threads', '?')} threads, {cfg.get('dtype', '?')}. base = no adapter (N=0). Median (min-max) "
              f"over {cfg.get('repeats', '?')} repeats; the systems alternate within each repeat.", ""]
