@@ -247,7 +247,7 @@ def test_paratune_command(tmp_path):
     assert cmd[:2] == [sys.executable, "-c"] and cmd[3] == "serve"
     flag = {a: b for a, b in zip(cmd, cmd[1:])}
     assert flag["--adapter-dir"] == str(tmp_path) and flag["--port"] == "1234" and flag["--max-concurrent"] == "32"
-    assert flag["--max-active-adapters"] == "128" and flag["--adapter-cache-bytes"] == str(2**30)
+    assert flag["--max-active-adapters"] == "32" and flag["--adapter-cache-bytes"] == str(2**30)
     assert flag["--max-seq-len"] == str(64 + 32 + 64)
     assert cmd[-3:] == ["--preload", "--pin", "para 0"]
 
