@@ -109,6 +109,10 @@ class TenantsConfig:
     output: str = field(default_factory=lambda: f"docs/results/tenants/{time.strftime('%Y-%m-%d')}", metadata=_help(
         "folder for tenants.md / tenants.json / tenants.png and the server logs (default: "
         "docs/results/tenants/<today>)"))
+    idle_loads: int = field(default=100, metadata=_help(
+        "before the cells, paratune loads this many distinct PARA and LoRA r=16 tenants one after another on an "
+        "otherwise idle server (one 1-token request each): the cold-load latency of the store alone, apart from "
+        "the loads under full load that the cells measure (0: skip)"))
     resume: bool = field(default=True, metadata=_help(
         "keep the cells of OUTPUT/tenants.json measured with the same workload and run only the missing ones"))
 
@@ -440,6 +444,33 @@ class Tenants:
                  f"{stats['tok_s']:.0f} tok/s; rate {cfg.rate_fraction:g} x that = {rate:g} req/s")
         return rate
 
+    def idle_load_latency(self) -> dict:
+        """Cold loads on an idle server: ``idle_loads`` distinct tenants of each adapter kind, one request at a time,
+        from a set large enough that none was loaded before; latency from the server's load histogram."""
+        from .tenants_report import server_stats
+
+        cfg, out = self.cfg, {}
+        n = max([t for t in cfg.tenants if t < cfg.reduced_rank_from] + [cfg.idle_loads])
+        for kind in [k for k in ("para", "lora") if k in cfg.kinds]:
+            with self.server("paratune", kind, n, f"idle-loads-{kind}") as (url, _, _, _):
+                import httpx
+
+                base = base_model_name(url)
+                prompt = self.prompts(1, "warm")[0]
+                with httpx.Client(timeout=120) as client:
+                    client.post(url + "/v1/completions", json={"model": base, "prompt": prompt, "max_tokens": 1})
+                    before = _text(_get(url + "/metrics"))
+                    for t in range(cfg.idle_loads):
+                        client.post(url + "/v1/completions", json={"model": f"{kind}{t}", "prompt": prompt,
+                                                                   "max_tokens": 1}).raise_for_status()
+                    stats = server_stats(before, _text(_get(url + "/metrics")))
+            out[kind] = {"tenants": cfg.idle_loads, "rank": cfg.rank, **{k: stats.get(k) for k in (
+                "adapter_loads", "load_p50_s", "load_p99_s", "load_mean_s")}}
+            self.log(f"idle cold loads, {kind} r={cfg.rank}: {out[kind]['adapter_loads']} loads, p50 "
+                     f"{1000 * (out[kind]['load_p50_s'] or 0):.1f} ms, p99 {1000 * (out[kind]['load_p99_s'] or 0):.1f} "
+                     f"ms, mean {1000 * (out[kind]['load_mean_s'] or 0):.1f} ms")
+        return out
+
     # -- one cell
     def run_cell(self, repeat: int, system: str, kind: str, n: int) -> dict:
         from .http_load import run_closed
@@ -487,6 +518,9 @@ class Tenants:
         if self.rate is None:
             self.rate, self.rate_source = self.calibrate(), "measured"
         self.meta.update(workload={**cfg.workload(), "rate": self.rate}, rate=self.rate, rate_source=self.rate_source)
+        if cfg.idle_loads and "paratune" in cfg.systems and "idle_loads" not in self.meta:
+            self.meta["idle_loads"] = self.idle_load_latency()
+            write(self.runs)
         done = self.done()
         for repeat in range(cfg.repeats):
             for system, kind, n in cfg.cells_per_repeat():

@@ -321,6 +321,17 @@ def markdown(summary: dict, meta: dict) -> str:
              f"{cfg.get('max_concurrent', '?')}, "
              f"{cfg.get('threads', '?')} threads, {cfg.get('dtype', '?')}. base = no adapter (N=0). Median (min-max) "
              f"over {cfg.get('repeats', '?')} repeats; the systems alternate within each repeat.", ""]
+    idle = meta.get("idle_loads") or {}
+    if idle:
+        lines += ["## Cold loads on an idle server", "",
+                  "Distinct tenants loaded one after another (one 1-token request each), nothing else running: the "
+                  "store's own latency (read the safetensors, check the shapes against the backbone, convert), from "
+                  "`paratune_adapter_load_seconds`.", "",
+                  "| kind | rank | loads | p50 (ms) | p99 (ms) | mean (ms) |", "|---|---|---|---|---|---|"]
+        for kind, v in idle.items():
+            lines.append(f"| {kind} | {v.get('rank')} | {v.get('adapter_loads')} | {_ms(v.get('load_p50_s'))} | "
+                         f"{_ms(v.get('load_p99_s'))} | {_ms(v.get('load_mean_s'))} |")
+        lines.append("")
     cells = summary["cells"]
     if cells:
         columns = []
