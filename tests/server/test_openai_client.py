@@ -96,3 +96,20 @@ def test_ignore_eos_generates_max_tokens(live):
         live.engine.eos_ids = saved
     assert stopped.usage.completion_tokens == 1 and stopped.choices[0].finish_reason == "stop"
     assert full.usage.completion_tokens == 6 and full.choices[0].finish_reason == "length"
+
+
+def test_streams_end_with_the_usage_when_the_client_asks_for_it(live, chat_tokenizer):
+    expected = offline(live, chat_tokenizer, prompt="Once upon a time", adapter="lora0", max_tokens=6)
+    chunks = list(client(live).completions.create(model="lora0", prompt="Once upon a time", max_tokens=6,
+                                                  temperature=0, stream=True,
+                                                  stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected.output_ids)
+    assert chunks[-1].usage.prompt_tokens == len(expected.prompt_ids)
+    assert all(c.usage is None for c in chunks[:-1])
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = list(client(live).chat.completions.create(model="para0", messages=messages, max_tokens=5, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}))
+    assert chat[-1].choices == [] and chat[-1].usage.completion_tokens == len(
+        offline(live, chat_tokenizer, messages=messages, adapter="para0", max_tokens=5).output_ids)
+    plain = list(client(live).completions.create(model="lora0", prompt="Hi", max_tokens=3, stream=True))
+    assert all(c.choices for c in plain)  # not asked: no usage chunk

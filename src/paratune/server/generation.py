@@ -142,8 +142,9 @@ class GenerationService:
             raise adapter_unloaded(request.adapter) from None
 
     def stream(self, request: Request, start: float, endpoint: str, to_chunk,
-               headers: dict | None = None) -> StreamingResponse:
-        """Server-sent events: ``to_chunk(event)`` for each token, then ``[DONE]``; a client that goes away
+               headers: dict | None = None, usage_chunk=None) -> StreamingResponse:
+        """Server-sent events: ``to_chunk(event)`` for each token, then (``usage_chunk``, for a client that asked
+        with ``stream_options.include_usage``) ``usage_chunk(usage)``, then ``[DONE]``; a client that goes away
         cancels the request (the front's stream cancels it when the response's iterator is closed)."""
         front, metrics, model_name = self.front, self.metrics, self.config.model_name
 
@@ -161,6 +162,8 @@ class GenerationService:
                                                                "type": "server_error"}}) + "\n\n"
                         return
                     yield "data: " + json.dumps(to_chunk(event)) + "\n\n"
+                if usage_chunk is not None:
+                    yield "data: " + json.dumps(usage_chunk(self.usage(request))) + "\n\n"
                 yield "data: [DONE]\n\n"
             except KeyError:  # its adapter was unloaded between the model check and the engine taking the request
                 status = 404

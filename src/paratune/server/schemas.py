@@ -7,6 +7,12 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # a last chunk, before [DONE], with empty choices and the request's usage
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -17,6 +23,7 @@ class _Sampling(BaseModel):
     top_k: int = Field(default=0, ge=0)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
+    stream_options: Optional[StreamOptions] = None
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past EOS (benchmarks)

@@ -44,7 +44,9 @@ async def chat_completions(body: ChatCompletionRequest, http: HttpRequest, respo
             first[0] = False
             return chunk(delta, FINISH.get(ev.finish_reason) if ev.finish_reason else None)
 
-        return service.stream(request, start, "chat", event, headers)
+        usage_chunk = (lambda usage: {**chunk({}, None), "choices": [], "usage": usage}) \
+            if body.stream_options and body.stream_options.include_usage else None
+        return service.stream(request, start, "chat", event, headers, usage_chunk)
     done = await service.run_to_end(http, request, start, "chat")
     logprobs = None
     if done.params.logprobs:

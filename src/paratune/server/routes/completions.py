@@ -51,7 +51,7 @@ async def completions(body: CompletionRequest, http: HttpRequest, response: Resp
     if body.stream:
         return service.stream(request, start, "completions",
                               lambda ev: chunk(ev.text, FINISH.get(ev.finish_reason) if ev.finish_reason else None),
-                              headers)
+                              headers, _usage_chunk(body, chunk))
     done = await service.run_to_end(http, request, start, "completions")
     logprobs = None
     if done.params.logprobs:
@@ -59,6 +59,13 @@ async def completions(body: CompletionRequest, http: HttpRequest, response: Resp
         logprobs = {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": None}
     body_text = (prompt_text if body.echo else "") + done.text
     return {**chunk(body_text, FINISH.get(done.finish_reason, "stop"), logprobs), "usage": service.usage(done)}
+
+
+def _usage_chunk(body, chunk):
+    """OpenAI's ``stream_options.include_usage``: the last chunk has no choices and the usage (None: not asked)."""
+    if not (body.stream_options and body.stream_options.include_usage):
+        return None
+    return lambda usage: {**chunk("", None), "choices": [], "usage": usage}
 
 
 def _check_context(body: CompletionRequest, ids: list[int], adapter: str | None, kind: str | None,
