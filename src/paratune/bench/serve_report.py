@@ -19,9 +19,10 @@ from .llama_cpp import GGUF_TYPES
 
 COMPARE = "paratune@compare"
 SYSTEM_LABELS = {"engine": "paratune engine", "peft-generate": "PEFT generate", "llama-batched-bench": "llama-batched-bench",
-                 "paratune": "paratune server", COMPARE: "paratune server (compare tree)", "llama-server": "llama-server"}
+                 "paratune": "paratune server", COMPARE: "paratune server (compare tree)", "llama-server": "llama-server",
+                 "vllm-cpu": "vLLM (CPU)"}
 KIND_ORDER = ("base", "para", "lora")
-SYSTEM_ORDER = ("engine", "peft-generate", "llama-batched-bench", "paratune", COMPARE, "llama-server")
+SYSTEM_ORDER = ("engine", "peft-generate", "llama-batched-bench", "paratune", COMPARE, "llama-server", "vllm-cpu")
 
 
 def _order(value, order) -> int:
@@ -38,6 +39,8 @@ RATIOS = [
     ("closed", ("paratune", "base"), ("llama-server", "base"), ""),
     ("poisson", ("paratune", "para"), ("llama-server", "base"), ""),
     ("poisson", ("paratune", "para"), ("llama-server", "lora"), ""),
+    ("closed", ("paratune", "para"), ("vllm-cpu", "lora"), ">= 3 at 32"),
+    ("closed", ("paratune", "para"), ("vllm-cpu", "base"), ""),
     ("decode", ("engine", "base"), ("llama-batched-bench", "base"), ">= 1.0"),
     ("decode", ("engine", "para"), ("engine", "base"), ">= 0.97"),
     ("decode", ("engine", "para"), ("engine", "lora"), ">= 1.3 at 32"),
@@ -153,7 +156,10 @@ def _table(summary: dict, mode: str, value: str = "tok_s", digits: int = 1) -> l
 
 def markdown(summary: dict, meta: dict) -> str:
     cfg, machine = meta.get("config", {}), meta.get("machine", {})
-    lines = ["# Serving benchmark: paratune vs llama.cpp, many tenants on distinct adapters", "",
+    peer_names = {"llama-server": "llama.cpp", "llama-batched-bench": "llama.cpp", "vllm-cpu": "vLLM (CPU)"}
+    peers = list(dict.fromkeys(peer_names[s] for s in cfg.get("systems", []) if s in peer_names))
+    lines = [f"# Serving benchmark: paratune vs {' and '.join(peers) or 'its own runs'}, many tenants on distinct "
+             "adapters", "",
              f"Command: `{meta.get('command', '')}`  ",
              f"Machine: {machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs"
              + (f" ({' '.join(machine['isa'])})" if machine.get("isa") else "") + ", "
