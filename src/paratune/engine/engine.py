@@ -59,7 +59,7 @@ class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 32, kv_budget_tokens: int | None = None,
                  max_seq_len: int | None = None, max_prefill_tokens: int = 4096, handwritten: bool = True,
                  packed_weights: bool = True, adapter_dir: str | Path | None = None, max_active_adapters: int = 32,
-                 adapter_cache_bytes: int | None = None):
+                 adapter_cache_bytes: int | None = None, scheduling: str = "fifo"):
         """``max_batch`` KV slots of ``max_seq_len`` tokens each (default: the model's context, at most 2048)
         are allocated at start (``kv_cache_bytes``); a request needs prompt + max_tokens <= max_seq_len.
         ``kv_budget_tokens`` optionally caps the tokens reserved by running requests together;
@@ -68,7 +68,8 @@ class Engine:
         ``packed_weights``: it uses oneDNN-prepacked weights where they pay on this device and dtype.
         Adapters: every folder of ``adapter_dir`` (looked up when first asked for) and those added by name; read on
         first use into a host cache of ``adapter_cache_bytes`` (None: unbounded), least recently used evicted;
-        ``max_active_adapters`` of them installed in the device slot tables at once."""
+        ``max_active_adapters`` of them installed in the device slot tables at once. ``scheduling``: "fifo", or
+        "fair" (the least-served tenant's request is admitted first; ``Scheduler``)."""
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config.get_text_config()
         _refuse_sliding_window(model)
@@ -77,7 +78,7 @@ class Engine:
                                               DEFAULT_MAX_SEQ_LEN)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.scheduler = Scheduler(max_batch, self.max_seq_len, kv_budget_tokens, max_prefill_tokens)
+        self.scheduler = Scheduler(max_batch, self.max_seq_len, kv_budget_tokens, max_prefill_tokens, scheduling)
         self.registry = AdapterRegistry(model, max_batch, self.dtype, self.device, max_active_adapters)
         self.store = AdapterStore(self.registry.backbone, AdapterCatalog(adapter_dir), adapter_cache_bytes)
         self._loaded = threading.Event()  # a load finished: a request waiting for it may be placed now
@@ -134,6 +135,7 @@ class Engine:
         self.stats[f"{kind}_seconds"] += time.perf_counter() - start
         self.stats["prefills" if kind == "prefill" else "decode_steps"] += 1
         self.stats[f"{kind}_tokens"] += len(batch.input_ids)
+        self.scheduler.charge(batch.requests)  # one generated token each (fair scheduling's service counters)
         return [(r, r.output_ids[-1]) for r in batch.requests]
 
     def _placer(self):

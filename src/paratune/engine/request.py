@@ -41,6 +41,7 @@ class Request:
     adapter: str | None = None  # None = the base model
     params: SamplingParams = field(default_factory=SamplingParams)
     id: int = field(default_factory=lambda: next(_ids))
+    tenant: str | None = None  # who it is charged to under fair scheduling (default: its adapter)
     # filled in while it runs
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)

@@ -33,7 +33,8 @@ def serve(config: ServeConfig) -> int:
                     kv_budget_tokens=config.kv_budget_tokens,
                     max_seq_len=config.max_seq_len or config.max_prompt_tokens + config.max_completion_tokens,
                     packed_weights=config.packed_weights, adapter_dir=root,
-                    max_active_adapters=config.max_active_adapters, adapter_cache_bytes=config.cache_bytes)
+                    max_active_adapters=config.max_active_adapters, adapter_cache_bytes=config.cache_bytes,
+                    scheduling=config.scheduling)
     print(f"KV cache: {config.max_concurrent} slots x {engine.max_seq_len} tokens = "
           f"{engine.kv_cache_bytes / 2 ** 30:.2f} GiB ({config.dtype} on {engine.device})")
     if engine.packed_weight_bytes:

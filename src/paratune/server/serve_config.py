@@ -33,6 +33,9 @@ class ServeConfig:
     max_active_adapters: int = field(default=32, metadata={
         "help": "adapters installed in the device slot tables at once; a PARA adapter needs its slot only while "
         "its prompts prefill, a LoRA adapter until its requests finish"})
+    scheduling: str = field(default="fifo", metadata={
+        "help": "admission order: fifo (arrival), or fair (the request of the tenant, i.e. adapter, with the least "
+        "weighted service so far goes first: a flooding tenant cannot starve the others)"})
     preload: bool = field(default=False, metadata={
         "help": "load adapters of --adapter-dir at start, until the cache is full (default: each on first use)"})
     pin: list[str] = field(default_factory=list, metadata={
@@ -74,6 +77,7 @@ class ServeConfig:
         check("max_active_adapters", self.max_active_adapters, is_int(self.max_active_adapters, 1),
               "a positive integer")
         self.cache_bytes = parse_bytes("adapter_cache_bytes", self.adapter_cache_bytes)
+        check("scheduling", self.scheduling, self.scheduling in ("fifo", "fair"), "fifo or fair")
         if isinstance(self.pin, str):
             self.pin = [self.pin]
         check("pin", self.pin, isinstance(self.pin, list) and all(isinstance(p, str) and p for p in self.pin),

@@ -179,3 +179,23 @@ def test_an_adapter_larger_than_the_cache_is_refused_with_the_sizes(folder):
     with pytest.raises(AdapterError, match=rf"needs {size:,} bytes in memory, more than the whole adapter cache "
                                            rf"\({size - 1:,} bytes, --adapter-cache-bytes\)"):
         engine.store.hold("para1").result()
+
+
+@pytest.mark.parametrize("scheduling", ["fifo", "fair"])
+def test_fair_scheduling_lets_a_quiet_tenant_past_a_flood(folder, scheduling):
+    """One tenant floods the queue, another sends two requests after it: under fair scheduling the quiet tenant's
+    requests are admitted as soon as a slot frees, under fifo they wait behind the flood; outputs are the same."""
+    engine = Engine(tiny_model("llama"), max_batch=2, adapter_dir=folder, scheduling=scheduling)
+    flood = [Request(p, "para0", SamplingParams(max_tokens=4)) for p in prompts(12)]
+    quiet = [Request(p, "para1", SamplingParams(max_tokens=4)) for p in prompts(2, seed=5)]
+    finished = []
+    for request in flood + quiet:
+        engine.add_request(request)
+    while engine.has_work():
+        finished += [r for r, _ in engine.step() if r.finished]
+    position = max(finished.index(r) for r in quiet)
+    if scheduling == "fair":
+        assert position <= 5
+    else:
+        assert position >= 12
+    assert quiet[0].output_ids == alone(folder, "para1", quiet[0].prompt_ids, 4)
