@@ -9,6 +9,7 @@ engine fixed at start: tokenizer, vocabulary size, batch slots); routes get it w
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 import weakref
@@ -87,14 +88,29 @@ class GenerationService:
         return max(0, sum(1 for r in list(self._admitted) if not r.finished) - self.max_batch)
 
     def admit(self, ids: list[int], adapter: str | None, params: SamplingParams, param: str) -> Request:
-        """A new request for ``ids``, or 400 for a prompt over the limit / 429 when the queue is full."""
+        """A new request for ``ids``, or 400 for a prompt over the limit / 429 when the queue is full.
+
+        The queue is shared among tenants (each adapter is one, the base model another): when the batch and the
+        queue are full (``max_batch + queue_size`` requests in flight), only a tenant holding at least its share
+        (that total over the tenants with requests in flight, this one included) is refused, so one tenant
+        flooding the server cannot lock the others out; a lone tenant may use it all. The hard bound, whoever
+        asks, is twice that total."""
         config = self.config
         if len(ids) > config.max_prompt_tokens:
             raise ApiError(400, f"prompt is {len(ids)} tokens; the limit is {config.max_prompt_tokens}",
                            param=param, code="context_length_exceeded")
-        if self.queued() >= config.queue_size:
-            raise ApiError(429, f"the queue is full ({config.queue_size} requests waiting); retry later",
-                           "rate_limit_error", None, "queue_full")
+        tenant = adapter or config.model_name
+        in_flight = collections.Counter(r.adapter or config.model_name for r in list(self._admitted)
+                                        if not r.finished)
+        total, capacity = sum(in_flight.values()), self.max_batch + config.queue_size
+        tenants = len(set(in_flight) | {tenant})
+        share = max(1, capacity // tenants)
+        if total >= 2 * capacity or (total >= capacity and in_flight[tenant] >= share):
+            detail = (f"{config.queue_size} requests waiting" if tenants == 1 else
+                      f"{tenant!r} has {in_flight[tenant]} requests in flight, its share ({share}) of the "
+                      f"{capacity} places while {tenants} tenants have requests")
+            raise ApiError(429, f"the queue is full ({detail}); retry later", "rate_limit_error", None, "queue_full",
+                           headers={"Retry-After": "1"})
         request = Request(ids, adapter, params)
         self._admitted.add(request)
         return request
