@@ -49,3 +49,43 @@ def test_the_hard_bound_holds_whoever_asks():
     with pytest.raises(ApiError, match="queue is full"):
         admit(svc, "t9")
     assert len(kept) == 4
+
+
+@pytest.fixture(scope="module")
+def fair_server(tmp_path_factory, chat_tokenizer):
+    from paratune.engine import Engine
+    from tests.server.conftest import serve_tenants, tiny_backbone
+
+    engine = Engine(tiny_backbone(chat_tokenizer), chat_tokenizer, max_batch=2, scheduling="fair")
+    yield from serve_tenants(tmp_path_factory, chat_tokenizer, engine, queue_size=6, max_completion_tokens=32)
+
+
+def test_noisy_neighbour_the_quiet_tenants_all_get_answers(fair_server):
+    """One tenant sends 40 requests at once; half a beat later three others send one each. The flood gets some
+    answers and some 429s; every quiet tenant gets its answer, ahead of most of the flood."""
+    import asyncio
+
+    import httpx
+
+    from tests.server.conftest import API_KEY
+
+    async def run():
+        async with httpx.AsyncClient(base_url=fair_server.url, headers={"Authorization": f"Bearer {API_KEY}"},
+                                     timeout=120) as client:
+            def send(model):
+                body = {"model": model, "prompt": "Tell a story", "max_tokens": 16, "temperature": 0,
+                        "ignore_eos": True}
+                return asyncio.create_task(client.post("/v1/completions", json=body))
+
+            flood = [send("para0") for _ in range(40)]
+            await asyncio.sleep(0.3)
+            quiet = [send(name) for name in ("para1", "lora0", "ia3")]
+            finished_quiet = await asyncio.gather(*quiet)
+            pending_flood = sum(not task.done() for task in flood)
+            return await asyncio.gather(*flood), finished_quiet, pending_flood
+
+    flood, quiet, pending = asyncio.run(run())
+    assert [r.status_code for r in quiet] == [200, 200, 200]
+    codes = [r.status_code for r in flood]
+    assert set(codes) == {200, 429} and codes.count(200) >= 8
+    assert pending >= 1  # the quiet ones finished while the flood still had requests in flight
