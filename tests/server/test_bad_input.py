@@ -192,3 +192,16 @@ def test_server_still_answers_correctly_after_all_of_it(live, http, chat_tokeniz
     assert sorted(live.engine.adapters()) == sorted(live.tenants)
     assert not live.engine.running and not live.engine.waiting
     assert http.get("/health").json()["status"] == "ok"
+
+
+def test_the_api_key_is_compared_in_constant_time_and_never_echoed(live, monkeypatch):
+    import hmac
+
+    from paratune.server import middleware
+
+    compared, original = [], hmac.compare_digest
+    monkeypatch.setattr(middleware.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or original(a, b))
+    response = httpx.post(live.url + "/v1/completions", json=COMPLETION,
+                          headers={"Authorization": "Bearer test-kez"})
+    assert response.status_code == 401 and compared == [(b"Bearer test-kez", f"Bearer {API_KEY}".encode())]
+    assert "test-kez" not in response.text and API_KEY not in response.text

@@ -4,6 +4,8 @@ disconnects from the handlers, and the routes cancel generation on a disconnect.
 
 from __future__ import annotations
 
+import hmac
+
 from .errors import error_response
 
 
@@ -50,7 +52,9 @@ class ApiKeyAuth:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            if dict(scope.get("headers") or []).get(b"authorization") != self.expected:
+            given = dict(scope.get("headers") or []).get(b"authorization") or b""
+            # constant time: how long a wrong key takes to refuse says nothing about how much of it was right
+            if not hmac.compare_digest(given, self.expected):
                 response = error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                                           "authentication_error", None, "invalid_api_key")
                 return await response(scope, receive, send)
