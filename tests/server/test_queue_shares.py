@@ -37,6 +37,9 @@ def test_a_flooding_tenant_cannot_lock_the_quiet_ones_out():
         admit(svc, "noisy")
     assert error.value.message == ("the queue is full ('noisy' has 6 requests in flight, its share (2) of the 6 "
                                    "places while 3 tenants have requests); retry later")
+    refused = svc.metrics.registry.get_sample_value("paratune_requests_total",
+                                                    {"adapter": "noisy", "endpoint": "completions", "status": "429"})
+    assert refused == 1.0
     for request in flood[:4]:
         request.finish_reason = "length"
     assert admit(svc, "noisy") is not None  # room again: under the total, nobody is refused

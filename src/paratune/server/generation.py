@@ -109,6 +109,8 @@ class GenerationService:
             detail = (f"{config.queue_size} requests waiting" if tenants == 1 else
                       f"{tenant!r} has {in_flight[tenant]} requests in flight, its share ({share}) of the "
                       f"{capacity} places while {tenants} tenants have requests")
+            endpoint = {"prompt": "completions", "messages": "chat"}.get(param, param)
+            self.metrics.requests.labels(tenant, endpoint, "429").inc()  # refusals per tenant, for the operator
             raise ApiError(429, f"the queue is full ({detail}); retry later", "rate_limit_error", None, "queue_full",
                            headers={"Retry-After": "1"})
         request = Request(ids, adapter, params)
