@@ -37,9 +37,9 @@ def prompts(n, seed=0):
     return [torch.randint(3, VOCAB, (5 + i % 4,), generator=g).tolist() for i in range(n)]
 
 
-def alone(root, adapter, ids, max_tokens=8):
+def alone(root, adapter, ids, max_tokens=8, dtype=torch.float32):
     """The tenant served by an engine that has only it, loaded up front."""
-    engine = Engine(tiny_model("llama"), max_batch=1)
+    engine = Engine(tiny_model("llama").to(dtype), max_batch=1)
     if adapter is not None:
         engine.add_adapter(adapter, root / adapter)
     return engine.generate([Request(ids, adapter, SamplingParams(max_tokens=max_tokens))])[0].output_ids
@@ -88,18 +88,20 @@ def test_concurrent_first_requests_share_one_load(folder, monkeypatch):
     assert store.loads == {"para1": 1} and (store.misses, store.hits) == (5, 0)
 
 
-def test_cache_of_one_adapter_serves_four_tenants_interleaved_each_as_if_alone(folder):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cache_of_one_adapter_serves_four_tenants_interleaved_each_as_if_alone(folder, dtype):
     """The host cache holds one adapter: the four PARA tenants' requests, interleaved, wait for each other's
-    loads and evictions, and every output equals its tenant served alone."""
+    loads and evictions, and every output equals its tenant served alone (token-exact, fp32 and bf16: the host
+    copy is converted once, at load, as a preloaded adapter's is)."""
     size = max(one_adapter_bytes(folder, f"para{i}") for i in range(4))
-    engine = Engine(tiny_model("llama"), max_batch=4, adapter_dir=folder, adapter_cache_bytes=size,
+    engine = Engine(tiny_model("llama").to(dtype), max_batch=4, adapter_dir=folder, adapter_cache_bytes=size,
                     max_active_adapters=1)
     ids = prompts(12)
     names = [f"para{i % 4}" for i in range(12)]
     requests = [Request(p, n, SamplingParams(max_tokens=8)) for p, n in zip(ids, names)]
     engine.generate(requests)
     for request in requests:
-        assert request.output_ids == alone(folder, request.adapter, request.prompt_ids), request.adapter
+        assert request.output_ids == alone(folder, request.adapter, request.prompt_ids, dtype=dtype), request.adapter
     assert sum(engine.store.loads.values()) >= 4 and engine.store.host_evictions >= 3
     assert engine.store.bytes <= size and not any(engine.store.is_held(n) for n in set(names))
 
@@ -123,9 +125,10 @@ def test_para_rows_decode_after_their_adapter_left_the_device_but_lora_rows_keep
         assert request.output_ids == alone(folder, request.adapter, request.prompt_ids, 10), request.adapter
 
 
-def test_evicted_and_reloaded_adapter_gives_token_identical_output(folder):
-    size = one_adapter_bytes(folder, "lora0")
-    engine = Engine(tiny_model("llama"), max_batch=2, adapter_dir=folder, adapter_cache_bytes=size,
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_evicted_and_reloaded_adapter_gives_token_identical_output(folder, dtype):
+    size = Backbone(tiny_model("llama").to(dtype)).estimate_bytes(folder / "lora0")  # LoRA in bf16: half the bytes
+    engine = Engine(tiny_model("llama").to(dtype), max_batch=2, adapter_dir=folder, adapter_cache_bytes=size,
                     max_active_adapters=1)
     ids = prompts(1)[0]
     first = engine.generate([Request(ids, "lora0", SamplingParams(max_tokens=8))])[0].output_ids
@@ -133,6 +136,7 @@ def test_evicted_and_reloaded_adapter_gives_token_identical_output(folder):
     assert not engine.store.is_resident("lora0") and "lora0" not in engine.registry
     again = engine.generate([Request(ids, "lora0", SamplingParams(max_tokens=8))])[0].output_ids
     assert again == first and engine.store.loads["lora0"] == 2
+    assert again == alone(folder, "lora0", ids, dtype=dtype)
 
 
 def test_a_corrupt_adapter_fails_only_its_own_requests_with_the_file_and_the_reason(folder, tmp_path, monkeypatch):
