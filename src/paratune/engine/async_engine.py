@@ -228,26 +228,14 @@ class AsyncEngine:
     async def adapters(self, include_draining: bool = False) -> dict[str, str]:
         """{name: kind} of the adapters cached in memory, sorted by name; those being unloaded only with
         ``include_draining``."""
-        kinds = {}
-        for name in self.store.resident():
-            host = self.store.get_quiet(name)
-            if host is not None and (include_draining or name not in self._draining):
-                kinds[name] = host.kind
-        return dict(sorted(kinds.items()))
+        return {name: kind for name, kind in self.store.resident_kinds().items()
+                if include_draining or name not in self._draining}
 
     def adapter_stats(self) -> dict:
         """What the metrics export of the adapter tiers: counters, residency and bytes per tier, load times."""
-        store, registry = self.store, self.engine.registry
-        with store._lock:
-            loads = dict(store.loads)
-            times = store.load_times
-            histogram = (times.buckets, list(times.counts), times.total, times.count)
-            stats = {"hits": store.hits, "misses": store.misses, "host_evictions": store.host_evictions,
-                     "failures": store.failures, "host_resident": len(store._host), "host_bytes": store._bytes}
-        stats.update(loads=loads, load_seconds=histogram, capacity=store.capacity,
-                     device_resident=len(registry.adapters), device_evictions=registry.evictions,
-                     device_bytes=registry.table_bytes, max_active=registry.max_active)
-        return stats
+        registry = self.engine.registry
+        return {**self.store.stats(), "device_resident": len(registry.adapters), "device_evictions": registry.evictions,
+                "device_bytes": registry.table_bytes, "max_active": registry.max_active}
 
     def running_count(self) -> int:
         """Requests in the running batch, as the engine thread published it after its last step (no waiting)."""

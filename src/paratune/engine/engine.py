@@ -141,9 +141,7 @@ class Engine:
     def _placer(self):
         """``place`` for this step's admission: installs each admitted request's adapter into a device slot,
         never evicting one that a running LoRA row or an earlier admission of this step needs."""
-        busy = {r.adapter for r in self.scheduler.running.values()
-                if r.adapter is not None and getattr(self.registry.adapters.get(r.adapter), "decodes_with_weights",
-                                                     False)}
+        busy = self._decoding_adapters()
 
         def place(request: Request) -> str:
             if request.adapter is None:
@@ -165,6 +163,12 @@ class Engine:
             return ADMIT
 
         return place
+
+    def _decoding_adapters(self) -> set[str]:
+        """Adapters whose running rows still read their weights (LoRA): the device tier may not evict them."""
+        return {r.adapter for r in self.scheduler.running.values()
+                if r.adapter is not None and getattr(self.registry.adapters.get(r.adapter), "decodes_with_weights",
+                                                     False)}
 
     def _release(self, request: Request) -> None:
         if request.adapter_held:
@@ -297,9 +301,7 @@ class Engine:
         host = self.store.get(adapter)
         if host is None:
             raise KeyError(f"adapter {adapter!r} was unloaded")
-        busy = {r.adapter for r in self.scheduler.running.values() if r.adapter is not None and
-                getattr(self.registry.adapters.get(r.adapter), "decodes_with_weights", False)}
-        installed = self.registry.install(host, busy)
+        installed = self.registry.install(host, self._decoding_adapters())
         if installed is None:
             raise NoFreeSlot(f"every adapter slot ({self.registry.max_active}, --max-active-adapters) is in use by "
                              "running LoRA requests; score again when one finishes")
@@ -332,12 +334,7 @@ class Engine:
 
     def adapters(self) -> dict[str, str]:
         """{name: kind} of the adapters cached in memory (the host tier), sorted by name."""
-        resident = {}
-        for name in self.store.resident():
-            host = self.store.get_quiet(name)
-            if host is not None:
-                resident[name] = host.kind
-        return dict(sorted(resident.items()))
+        return self.store.resident_kinds()
 
     def available(self) -> list[str]:
         """Every adapter name that can be served now, resident or not, sorted."""

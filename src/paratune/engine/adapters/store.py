@@ -164,6 +164,20 @@ class AdapterStore:
         with self._lock:
             return list(self._host)
 
+    def resident_kinds(self) -> dict[str, str]:
+        """{name: kind} of the cached adapters, sorted by name."""
+        with self._lock:
+            return {name: self._host[name].kind for name in sorted(self._host)}
+
+    def stats(self) -> dict:
+        """One consistent reading of the counters the metrics export."""
+        with self._lock:
+            times = self.load_times
+            return {"loads": dict(self.loads), "hits": self.hits, "misses": self.misses,
+                    "host_evictions": self.host_evictions, "failures": self.failures,
+                    "host_resident": len(self._host), "host_bytes": self._bytes, "capacity": self.capacity,
+                    "load_seconds": (times.buckets, list(times.counts), times.total, times.count)}
+
     def is_resident(self, name: str) -> bool:
         with self._lock:
             return name in self._host
